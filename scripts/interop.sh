@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Interop with clients nobody here wrote: builds an installation from the shipped sample with
+# the real binary, then checks it with pyiceberg and DuckDB from PyPI (installed into a venv
+# under target/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=target/venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check \
+  "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1"
+
+BIN=target/debug/fhirlake
+DATA=target/interop-data
+rm -rf "$DATA"
+"$BIN" --data-dir "$DATA" import data/ --quiet
+"$VENV/bin/python" tests/interop/test_lake.py "$DATA" data/ "$BIN"

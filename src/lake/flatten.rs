@@ -1,0 +1,221 @@
+//! Flattening stored FHIR JSON into Arrow record batches of the table schema.
+//!
+//! Each batch carries only the top-level columns that hold data in it: Iceberg readers match
+//! columns by field id and read absent ones as null, so a micro-batch of a type with
+//! thousands of leaf columns writes a small file with a small footer. A present struct column
+//! is written whole: iceberg-rust 0.10's reader fills missing top-level columns but not
+//! missing children of a struct.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{Field as ArrowField, Schema as ArrowSchema};
+use arrow::json::ReaderBuilder;
+use arrow::record_batch::RecordBatch;
+use serde_json::{Map, Value};
+
+use crate::schema::{
+    Field, Kind, LAST_UPDATED_COLUMN, RESOURCE_COLUMN, ResourceSchema, VERSION_COLUMN,
+};
+
+/// Errors flattening resources.
+#[derive(Debug, thiserror::Error)]
+pub enum FlattenError {
+    #[error("stored resource {0} is not a JSON object: {1}")]
+    BadJson(String, String),
+    #[error("building Arrow data for {resource_type}: {source}")]
+    Arrow {
+        resource_type: String,
+        source: arrow::error::ArrowError,
+    },
+}
+
+/// One resource version to flatten.
+pub struct FlatInput<'a> {
+    pub id: &'a str,
+    pub version: i64,
+    pub last_updated: &'a str,
+    pub json: &'a str,
+}
+
+/// Flattens `inputs` (in order: row i is input i) into one batch with only the columns
+/// that hold data, plus `id` and the system columns.
+pub fn flatten(
+    schema: &ResourceSchema,
+    inputs: &[FlatInput<'_>],
+) -> Result<RecordBatch, FlattenError> {
+    let mut presence = vec![false; schema.fields.len()];
+    let mut rows = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let value: Value = serde_json::from_str(input.json)
+            .map_err(|e| FlattenError::BadJson(input.id.to_string(), e.to_string()))?;
+        let Value::Object(obj) = value else {
+            return Err(FlattenError::BadJson(
+                input.id.to_string(),
+                "not an object".into(),
+            ));
+        };
+        let mut row = normalize_object(obj, &schema.fields, Some(&mut presence));
+        for (i, f) in schema.fields.iter().enumerate() {
+            let v: Option<Value> = match f.name.as_str() {
+                RESOURCE_COLUMN => Some(Value::String(input.json.to_string())),
+                VERSION_COLUMN => Some(Value::from(input.version)),
+                LAST_UPDATED_COLUMN => Some(Value::String(input.last_updated.to_string())),
+                _ => None,
+            };
+            if let Some(v) = v {
+                presence[i] = true;
+                row.insert(f.name.clone(), v);
+            }
+        }
+        rows.push(Value::Object(row));
+    }
+    if let Some(i) = schema.fields.iter().position(|f| f.name == "id") {
+        presence[i] = true;
+    }
+    let fields: Vec<ArrowField> = schema
+        .fields
+        .iter()
+        .zip(&presence)
+        .filter(|(_, present)| **present)
+        .map(|(f, _)| f.to_arrow())
+        .collect();
+    let arrow_schema = Arc::new(ArrowSchema::new(fields));
+    let arrow_err = |source| FlattenError::Arrow {
+        resource_type: schema.resource_type.clone(),
+        source,
+    };
+    let mut decoder = ReaderBuilder::new(arrow_schema.clone())
+        .with_batch_size(rows.len().max(1))
+        .build_decoder()
+        .map_err(arrow_err)?;
+    decoder.serialize(&rows).map_err(arrow_err)?;
+    Ok(decoder
+        .flush()
+        .map_err(arrow_err)?
+        .unwrap_or_else(|| RecordBatch::new_empty(arrow_schema)))
+}
+
+/// Keeps known fields, turns JSON-kind values into their text, and records which top-level
+/// fields are present.
+fn normalize_object(
+    obj: Map<String, Value>,
+    fields: &[Field],
+    presence: Option<&mut [bool]>,
+) -> Map<String, Value> {
+    let mut presence = presence;
+    let mut out = Map::with_capacity(obj.len());
+    for (key, value) in obj {
+        let Some(i) = fields.iter().position(|f| f.name == key) else {
+            continue;
+        };
+        let field = &fields[i];
+        if field.fhir == "system" || value.is_null() {
+            continue;
+        }
+        let normalized = if field.list {
+            match value {
+                Value::Array(items) => Value::Array(
+                    items
+                        .into_iter()
+                        .map(|item| normalize_value(item, field))
+                        .collect(),
+                ),
+                single => Value::Array(vec![normalize_value(single, field)]),
+            }
+        } else {
+            normalize_value(value, field)
+        };
+        if let Some(p) = presence.as_deref_mut() {
+            p[i] = true;
+        }
+        out.insert(key, normalized);
+    }
+    out
+}
+
+fn normalize_value(value: Value, field: &Field) -> Value {
+    match (field.kind, value) {
+        (_, Value::Null) => Value::Null,
+        (Kind::Json, v) => Value::String(v.to_string()),
+        (Kind::Struct, Value::Object(obj)) => {
+            Value::Object(normalize_object(obj, &field.fields, None))
+        }
+        (_, v) => v,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::Registry;
+    use arrow::array::AsArray;
+
+    #[test]
+    fn flattens_only_present_columns() {
+        let schema = Registry::global().get("Patient").unwrap();
+        let json = r#"{"resourceType":"Patient","id":"p1","extension":[{"url":"u","valueString":"Smith"}],"name":[{"family":"Doe","given":["Jo","Ann"]}],"birthDate":"1970-01-02","_birthDate":{"extension":[{"url":"t"}]}}"#;
+        let batch = flatten(
+            &schema,
+            &[FlatInput {
+                id: "p1",
+                version: 2,
+                last_updated: "2026-01-01T00:00:00.000Z",
+                json,
+            }],
+        )
+        .unwrap();
+        let names: Vec<&str> = batch
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "id",
+                "extension",
+                "name",
+                "birthDate",
+                "_birthDate",
+                "_resource",
+                "_version_id",
+                "_last_updated"
+            ]
+        );
+        let ext = batch.column_by_name("extension").unwrap().as_list::<i32>();
+        assert_eq!(
+            ext.value(0).as_string::<i32>().value(0),
+            r#"{"url":"u","valueString":"Smith"}"#
+        );
+        let name = batch
+            .column_by_name("name")
+            .unwrap()
+            .as_list::<i32>()
+            .value(0);
+        let name = name.as_struct();
+        assert_eq!(
+            name.column_by_name("family")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "Doe"
+        );
+        assert_eq!(
+            batch
+                .column_by_name("_resource")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            json
+        );
+        assert!(
+            batch
+                .schema_ref()
+                .field_with_name("name")
+                .unwrap()
+                .metadata()
+                .contains_key("PARQUET:field_id")
+        );
+    }
+}

@@ -1,0 +1,200 @@
+//! The lake: one Iceberg table per resource type and data store, derived from the store.
+//!
+//! [`Lake`] owns the Iceberg SQL catalog (sqlite) and the warehouse directory; [`sync`] moves
+//! store changes into the tables through the [`commit`] module, exactly once.
+
+pub mod commit;
+pub mod flatten;
+pub mod provider;
+pub mod sync;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use iceberg::io::LocalFsStorageFactory;
+use iceberg::table::Table;
+use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
+use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+use crate::schema::{Registry, SchemaError};
+
+pub use commit::{CommitError, Committer, TableChanges, WATERMARK_PROPERTY};
+
+/// Name of the Iceberg catalog in the catalog database (pyiceberg's `SqlCatalog(name)`).
+pub const CATALOG_NAME: &str = "fhirlake";
+
+/// Errors of the lake.
+#[derive(Debug, thiserror::Error)]
+pub enum LakeError {
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    #[error("catalog database: {0}")]
+    Catalog(#[from] sqlx::Error),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Flatten(#[from] flatten::FlattenError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("cannot create warehouse directory {0}: {1}")]
+    Warehouse(PathBuf, std::io::Error),
+}
+
+/// The Iceberg side of an installation.
+#[derive(Clone)]
+pub struct Lake {
+    catalog: Arc<SqlCatalog>,
+    committer: Committer,
+    warehouse: PathBuf,
+}
+
+impl Lake {
+    /// Opens the catalog database `catalog_db` (created if missing) with its warehouse in
+    /// `warehouse`.
+    pub async fn open(catalog_db: &Path, warehouse: &Path) -> Result<Self, LakeError> {
+        std::fs::create_dir_all(warehouse)
+            .map_err(|e| LakeError::Warehouse(warehouse.to_path_buf(), e))?;
+        let warehouse = warehouse
+            .canonicalize()
+            .map_err(|e| LakeError::Warehouse(warehouse.to_path_buf(), e))?;
+        // Our own pool on the catalog database, for the commit module's pointer swap. WAL lets
+        // readers (SQL queries, pyiceberg) proceed while a commit writes.
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(catalog_db)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(30));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        let uri = format!("sqlite:{}", catalog_db.display());
+        let catalog = SqlCatalogBuilder::default()
+            .with_storage_factory(Arc::new(LocalFsStorageFactory))
+            .load(
+                CATALOG_NAME,
+                HashMap::from([
+                    ("uri".to_string(), uri),
+                    (
+                        "warehouse".to_string(),
+                        format!("file://{}", warehouse.display()),
+                    ),
+                    ("sql_bind_style".to_string(), "QMark".to_string()),
+                ]),
+            )
+            .await?;
+        let catalog = Arc::new(catalog);
+        let committer = Committer::new(catalog.clone(), pool, CATALOG_NAME.to_string());
+        Ok(Self {
+            catalog,
+            committer,
+            warehouse,
+        })
+    }
+
+    pub fn catalog(&self) -> Arc<dyn Catalog> {
+        self.catalog.clone()
+    }
+
+    pub fn committer(&self) -> &Committer {
+        &self.committer
+    }
+
+    pub fn warehouse(&self) -> &Path {
+        &self.warehouse
+    }
+
+    /// Identifier of a resource type's table: namespace = data store name, table = type in
+    /// lower case (Athena's table names).
+    pub fn table_ident(datastore: &str, resource_type: &str) -> TableIdent {
+        TableIdent::new(
+            NamespaceIdent::new(datastore.to_string()),
+            resource_type.to_ascii_lowercase(),
+        )
+    }
+
+    /// The table of `resource_type`, if it has been created.
+    pub async fn table(
+        &self,
+        datastore: &str,
+        resource_type: &str,
+    ) -> Result<Option<Table>, LakeError> {
+        let ident = Self::table_ident(datastore, resource_type);
+        if !self.catalog.table_exists(&ident).await? {
+            return Ok(None);
+        }
+        Ok(Some(self.catalog.load_table(&ident).await?))
+    }
+
+    /// The table of `resource_type`, created (with its namespace) on first use.
+    pub async fn ensure_table(
+        &self,
+        datastore: &str,
+        resource_type: &str,
+    ) -> Result<Table, LakeError> {
+        if let Some(t) = self.table(datastore, resource_type).await? {
+            return Ok(t);
+        }
+        let ns = NamespaceIdent::new(datastore.to_string());
+        if !self.catalog.namespace_exists(&ns).await? {
+            self.catalog.create_namespace(&ns, HashMap::new()).await?;
+        }
+        let schema = Registry::global().get(resource_type)?;
+        let iceberg_schema = iceberg::arrow::arrow_schema_to_schema(&schema.arrow_schema())?;
+        let creation = TableCreation::builder()
+            .name(resource_type.to_ascii_lowercase())
+            .schema(iceberg_schema)
+            .properties([
+                (
+                    "write.parquet.compression-codec".to_string(),
+                    "zstd".to_string(),
+                ),
+                (
+                    "fhirlake.resource-type".to_string(),
+                    resource_type.to_string(),
+                ),
+            ])
+            .build();
+        Ok(self.catalog.create_table(&ns, creation).await?)
+    }
+
+    /// Names (resource types, lower case) of the tables that exist for a data store.
+    pub async fn table_names(&self, datastore: &str) -> Result<Vec<String>, LakeError> {
+        let ns = NamespaceIdent::new(datastore.to_string());
+        if !self.catalog.namespace_exists(&ns).await? {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .catalog
+            .list_tables(&ns)
+            .await?
+            .into_iter()
+            .map(|t| t.name().to_string())
+            .collect())
+    }
+}
+
+/// The watermark recorded in a table's current snapshot (0 before the first commit).
+pub fn table_watermark(table: &Table) -> i64 {
+    table
+        .metadata()
+        .current_snapshot()
+        .and_then(|s| {
+            s.summary()
+                .additional_properties
+                .get(WATERMARK_PROPERTY)
+                .cloned()
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,116 @@
+//! Writing Parquet data and position-delete files for a table, with their Iceberg metadata.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field as ArrowField, Schema as ArrowSchema};
+use iceberg::spec::{DataContentType, DataFile, DataFileFormat};
+use iceberg::table::Table;
+use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use super::LakeError;
+use crate::schema::PARQUET_FIELD_ID_KEY;
+
+/// Iceberg's reserved field ids of position-delete files.
+const DELETE_FILE_PATH_ID: i32 = 2147483546;
+const DELETE_POS_ID: i32 = 2147483545;
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
+        .set_max_row_group_row_count(Some(64 * 1024))
+        .build()
+}
+
+/// Writes `batch` (whose fields carry Iceberg field ids) as one Parquet data file of `table`.
+pub async fn write_data_file(table: &Table, batch: &RecordBatch) -> Result<DataFile, LakeError> {
+    let path = format!(
+        "{}/data/{}.parquet",
+        table.metadata().location().trim_end_matches('/'),
+        uuid::Uuid::new_v4()
+    );
+    write_file(table, batch, path, DataContentType::Data, None).await
+}
+
+/// Writes a position-delete file removing `positions` (data file path, row position).
+pub async fn write_position_deletes(
+    table: &Table,
+    mut positions: Vec<(String, i64)>,
+) -> Result<DataFile, LakeError> {
+    // The spec requires position deletes sorted by file path, then position.
+    positions.sort();
+    let referenced = match positions.first() {
+        Some((first, _)) if positions.iter().all(|(p, _)| p == first) => Some(first.clone()),
+        _ => None,
+    };
+    let field = |name: &str, ty: DataType, id: i32| {
+        ArrowField::new(name, ty, false).with_metadata(HashMap::from([(
+            PARQUET_FIELD_ID_KEY.to_string(),
+            id.to_string(),
+        )]))
+    };
+    let schema = Arc::new(ArrowSchema::new(vec![
+        field("file_path", DataType::Utf8, DELETE_FILE_PATH_ID),
+        field("pos", DataType::Int64, DELETE_POS_ID),
+    ]));
+    let paths: ArrayRef = Arc::new(StringArray::from_iter_values(
+        positions.iter().map(|(p, _)| p.as_str()),
+    ));
+    let pos: ArrayRef = Arc::new(Int64Array::from_iter_values(
+        positions.iter().map(|(_, p)| *p),
+    ));
+    let batch = RecordBatch::try_new(schema, vec![paths, pos])?;
+    let path = format!(
+        "{}/data/{}-deletes.parquet",
+        table.metadata().location().trim_end_matches('/'),
+        uuid::Uuid::new_v4()
+    );
+    write_file(
+        table,
+        &batch,
+        path,
+        DataContentType::PositionDeletes,
+        referenced,
+    )
+    .await
+}
+
+async fn write_file(
+    table: &Table,
+    batch: &RecordBatch,
+    path: String,
+    content: DataContentType,
+    referenced_data_file: Option<String>,
+) -> Result<DataFile, LakeError> {
+    let schema = Arc::new(iceberg::arrow::arrow_schema_to_schema(batch.schema_ref())?);
+    let output = table.file_io().new_output(&path)?;
+    let mut writer = ParquetWriterBuilder::new(writer_properties(), schema)
+        .build(output)
+        .await?;
+    writer.write(batch).await?;
+    let mut builders = writer.close().await?;
+    let mut builder = builders.pop().ok_or_else(|| {
+        iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            format!("parquet writer produced no file for {path}"),
+        )
+    })?;
+    builder
+        .content(content)
+        .file_format(DataFileFormat::Parquet)
+        .partition_spec_id(table.metadata().default_partition_spec_id());
+    if content == DataContentType::PositionDeletes {
+        builder.referenced_data_file(referenced_data_file);
+    }
+    builder.build().map_err(|e| {
+        LakeError::Iceberg(iceberg::Error::new(
+            iceberg::ErrorKind::Unexpected,
+            format!("building data file metadata for {path}: {e}"),
+        ))
+    })
+}

@@ -1,0 +1,13 @@
+//! fhirlake: an analytics-first FHIR R4 lakehouse.
+//!
+//! Data flows one way: [`ingest`] validates and versions resources into the [`store`], the
+//! [`lake`] committer turns store changes into Iceberg commits, and [`sql`] serves the tables.
+
+pub mod cli;
+pub mod ingest;
+pub mod installation;
+pub mod lake;
+pub mod outcome;
+pub mod schema;
+pub mod sql;
+pub mod store;

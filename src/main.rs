@@ -1,0 +1,270 @@
+//! The `fhirlake` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use fhirlake::cli::local::local_backend;
+use fhirlake::cli::{OutputFormat, ReplOptions, run_repl, run_statements};
+use fhirlake::ingest::{self, ImportOptions, ImportProgress};
+use fhirlake::installation::Installation;
+use fhirlake::lake::sync::{BatchLimits, sync_datastore};
+
+#[derive(Parser)]
+#[command(
+    name = "fhirlake",
+    version,
+    about = "An analytics-first FHIR R4 lakehouse"
+)]
+struct Cli {
+    /// Installation directory (resource store, Iceberg catalog and warehouse).
+    #[arg(
+        long,
+        global = true,
+        env = "FHIRLAKE_DATA_DIR",
+        default_value = "./fhirlake-data"
+    )]
+    data_dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Import FHIR NDJSON (a file or a directory of .ndjson/.ndjson.gz files).
+    Import {
+        path: PathBuf,
+        /// Data store to import into (created if missing; default: the installation's default).
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Do not show a progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run SQL (Athena dialect) over the lake: interactive, or `-e`/`-f` scripts.
+    Sql {
+        /// Data store whose tables unqualified names refer to (default: the default store).
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Run these statements and exit.
+        #[arg(short = 'e', long = "execute", conflicts_with = "file")]
+        execute: Option<String>,
+        /// Run the statements of this file and exit.
+        #[arg(short = 'f', long)]
+        file: Option<PathBuf>,
+        /// Result format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Write results to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// The demo: load the shipped Synthea sample (once) and open the SQL REPL.
+    Demo {
+        /// Directory with the sample NDJSON.
+        #[arg(long, default_value = "data")]
+        sample: PathBuf,
+    },
+    /// Regenerate the per-type schemas from the FHIR R4 StructureDefinitions.
+    GenSchemas {
+        /// Directory holding profiles-resources.json and profiles-types.json.
+        #[arg(long, default_value = "../shared/fhir-r4")]
+        definitions: PathBuf,
+        /// Output directory.
+        #[arg(long, default_value = "schemas")]
+        out: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FHIRLAKE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Import {
+            path,
+            datastore,
+            quiet,
+        } => {
+            let inst = Installation::open(&cli.data_dir).await?;
+            import(&inst, &path, datastore.as_deref(), quiet).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sql {
+            datastore,
+            execute,
+            file,
+            format,
+            output,
+        } => {
+            let inst = Installation::open(&cli.data_dir).await?;
+            let ds = inst.datastore(datastore.as_deref()).await?;
+            let script = match (execute, file) {
+                (Some(sql), _) => Some(sql),
+                (None, Some(f)) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading {}", f.display()))?,
+                ),
+                (None, None) => None,
+            };
+            let backend = local_backend(inst.clone(), &ds).await?;
+            match script {
+                Some(sql) => Ok(run_statements(backend, &sql, format, output.as_deref())
+                    .await?
+                    .exit_code()),
+                None => {
+                    repl(&inst, backend, format).await?;
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Demo { sample } => {
+            let inst = Installation::open(&cli.data_dir).await?;
+            let ds = inst.datastore(None).await?;
+            if inst.store.current_counts(&ds.id).await?.is_empty() {
+                println!("Loading the Synthea sample from {} …", sample.display());
+                import(&inst, &sample, None, false).await?;
+            }
+            let backend = local_backend(inst.clone(), &ds).await?;
+            repl(&inst, backend, OutputFormat::Table).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::GenSchemas { definitions, out } => {
+            let schemas = fhirlake::schema::generate::generate(&definitions)
+                .with_context(|| format!("generating from {}", definitions.display()))?;
+            fhirlake::schema::generate::write_schemas(&schemas, &out)?;
+            println!("wrote {} schemas to {}", schemas.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The interactive REPL, with history in the data directory.
+async fn repl(
+    inst: &Installation,
+    backend: Arc<dyn fhirlake::cli::QueryBackend>,
+    format: OutputFormat,
+) -> anyhow::Result<()> {
+    let options = ReplOptions {
+        history_file: Some(inst.data_dir.join("sql_history")),
+        format,
+        ..Default::default()
+    };
+    run_repl(backend, options).await?;
+    Ok(())
+}
+
+/// Imports `path` and commits it to the lake, with progress and a summary.
+async fn import(
+    inst: &Installation,
+    path: &Path,
+    datastore: Option<&str>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let ds = inst.datastore_or_create(datastore).await?;
+    let job_id = uuid::Uuid::new_v4().simple().to_string();
+    let report_dir = inst
+        .data_dir
+        .join("imports")
+        .join(format!("{}-FHIR_IMPORT-{}", ds.id, job_id));
+    let options = ImportOptions::new(report_dir);
+    let progress = Arc::new(ImportProgress::default());
+    let started = Instant::now();
+
+    let bar = (!quiet).then(|| {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template"),
+        );
+        bar
+    });
+    let ticker = bar.clone().map(|bar| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            loop {
+                bar.set_length(progress.total_bytes.load(Ordering::Relaxed));
+                bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+                let n = progress.resources.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64().max(0.001);
+                bar.set_message(format!(
+                    "{n} resources ({:.0}/s), {} errors",
+                    n as f64 / secs,
+                    progress.errors.load(Ordering::Relaxed)
+                ));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let report = ingest::import(&inst.store, &ds, path, &options, progress.clone()).await;
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let report = report?;
+    if let Some(bar) = &bar {
+        bar.set_message("committing to the lake…");
+    }
+    let synced = sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default()).await?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "Imported {} resources into data store '{}' in {:.1}s ({:.0} resources/s, {:.1} MB/s); {} failed.",
+        report.imported(),
+        ds.name,
+        secs,
+        report.imported() as f64 / secs,
+        report.bytes_scanned as f64 / 1e6 / secs,
+        report.failed()
+    );
+    for (ty, n) in &report.per_type {
+        println!("  {ty:<28} {n:>9}");
+    }
+    let commits: usize = synced.iter().map(|s| s.commits).sum();
+    println!("Lake: {commits} commits to {} tables.", synced.len());
+    for f in report.files.iter().filter(|f| f.read_error.is_some()) {
+        println!(
+            "  {}: {}",
+            f.path.display(),
+            f.read_error.as_deref().unwrap_or_default()
+        );
+    }
+    println!(
+        "Report: {}",
+        report.report_dir.join("manifest.json").display()
+    );
+    if report.failed() > 0 {
+        println!(
+            "Failed lines: {}",
+            report.report_dir.join("FAILURE").display()
+        );
+    }
+    Ok(())
+}

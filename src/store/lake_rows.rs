@@ -1,0 +1,298 @@
+//! Where each current resource lives in the lake: its data file and row position.
+//!
+//! The committer turns a replacement or a delete into an Iceberg position delete for the old
+//! row, so it must know that row's file and position without scanning the table.
+
+use std::collections::HashMap;
+
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError};
+
+const ROWS_PER_STATEMENT: usize = 400;
+
+/// A live data file of a table, as the store knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeFile {
+    pub file_id: i64,
+    pub path: String,
+    pub record_count: i64,
+    /// Rows not yet removed by a later version or a delete.
+    pub live_count: i64,
+}
+
+/// The lake position of one resource's current row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LakeRow {
+    pub file_id: i64,
+    pub path: String,
+    pub pos: i64,
+}
+
+/// A data file added by a lake commit, with the id at each row position.
+#[derive(Debug, Clone)]
+pub struct AddedFile {
+    pub path: String,
+    pub ids: Vec<String>,
+}
+
+/// Everything one lake commit changed, recorded in the store after Iceberg accepted it.
+#[derive(Debug, Clone, Default)]
+pub struct LakeCommitRecord {
+    /// Highest change sequence the commit applied.
+    pub applied_seq: i64,
+    pub added_files: Vec<AddedFile>,
+    /// Ids whose previous row was position-deleted (replaced or deleted).
+    pub removed_ids: Vec<String>,
+    /// Files dropped from the table entirely (compaction).
+    pub dropped_files: Vec<i64>,
+}
+
+impl Store {
+    /// Lake positions of the given ids that currently have a row in the lake.
+    pub async fn lake_rows(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        ids: &[&str],
+    ) -> Result<HashMap<String, LakeRow>, StoreError> {
+        let mut out = HashMap::new();
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT r.id, r.file_id, f.path, r.pos FROM lake_rows r JOIN lake_files f ON f.file_id = r.file_id \
+                 WHERE r.datastore_id = ",
+            );
+            q.push_bind(datastore_id)
+                .push(" AND r.resource_type = ")
+                .push_bind(resource_type)
+                .push(" AND r.id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(*id);
+            }
+            sep.push_unseparated(")");
+            for row in q.build().fetch_all(self.pool()).await? {
+                out.insert(
+                    row.get::<String, _>(0),
+                    LakeRow {
+                        file_id: row.get(1),
+                        path: row.get(2),
+                        pos: row.get(3),
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    /// Live data files of a table.
+    pub async fn lake_files(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+    ) -> Result<Vec<LakeFile>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT file_id, path, record_count, live_count FROM lake_files \
+             WHERE datastore_id = ? AND resource_type = ? ORDER BY file_id",
+        )
+        .bind(datastore_id)
+        .bind(resource_type)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| LakeFile {
+                file_id: r.get(0),
+                path: r.get(1),
+                record_count: r.get(2),
+                live_count: r.get(3),
+            })
+            .collect())
+    }
+
+    /// The highest change sequence the store knows the lake has applied for a table.
+    pub async fn lake_applied_seq(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+    ) -> Result<i64, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT applied_seq FROM lake_state WHERE datastore_id = ? AND resource_type = ?",
+        )
+        .bind(datastore_id)
+        .bind(resource_type)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(seq.unwrap_or(0))
+    }
+
+    /// Records a lake commit: new files and row positions, removed rows, dropped files and
+    /// the new watermark, in one transaction.
+    pub async fn record_lake_commit(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        record: &LakeCommitRecord,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        // Decrement live counts of the files that held removed rows, then forget the rows.
+        for chunk in record.removed_ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE lake_files SET live_count = live_count - (SELECT COUNT(*) FROM lake_rows r \
+                 WHERE r.file_id = lake_files.file_id AND r.datastore_id = ",
+            );
+            q.push_bind(datastore_id)
+                .push(" AND r.resource_type = ")
+                .push_bind(resource_type)
+                .push(" AND r.id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            sep.push_unseparated(")) WHERE datastore_id = ");
+            q.push_bind(datastore_id)
+                .push(" AND resource_type = ")
+                .push_bind(resource_type);
+            q.build().execute(&mut *tx).await?;
+
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM lake_rows WHERE datastore_id = ");
+            q.push_bind(datastore_id)
+                .push(" AND resource_type = ")
+                .push_bind(resource_type)
+                .push(" AND id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            sep.push_unseparated(")");
+            q.build().execute(&mut *tx).await?;
+        }
+        for file_id in &record.dropped_files {
+            sqlx::query("DELETE FROM lake_rows WHERE file_id = ?")
+                .bind(file_id)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM lake_files WHERE file_id = ?")
+                .bind(file_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for file in &record.added_files {
+            let file_id: i64 = sqlx::query_scalar(
+                "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
+                 VALUES (?, ?, ?, ?, ?) RETURNING file_id",
+            )
+            .bind(datastore_id)
+            .bind(resource_type)
+            .bind(&file.path)
+            .bind(file.ids.len() as i64)
+            .bind(file.ids.len() as i64)
+            .fetch_one(&mut *tx)
+            .await?;
+            let positioned: Vec<(usize, &String)> = file.ids.iter().enumerate().collect();
+            for chunk in positioned.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
+                );
+                q.push_values(chunk, |mut b, (pos, id)| {
+                    b.push_bind(datastore_id)
+                        .push_bind(resource_type)
+                        .push_bind(*id)
+                        .push_bind(file_id)
+                        .push_bind(*pos as i64);
+                });
+                q.push(
+                    " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
+                     file_id = excluded.file_id, pos = excluded.pos",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+        }
+        sqlx::query(
+            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq) VALUES (?, ?, ?) \
+             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET applied_seq = excluded.applied_seq",
+        )
+        .bind(datastore_id)
+        .bind(resource_type)
+        .bind(record.applied_seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Replaces a table's whole row index (after a crash left it behind the lake).
+    /// Empty ids in `files` mark deleted positions.
+    pub async fn reset_lake_index(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        applied_seq: i64,
+        files: &[AddedFile],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        for table in ["lake_rows", "lake_files"] {
+            sqlx::query(&format!(
+                "DELETE FROM {table} WHERE datastore_id = ? AND resource_type = ?"
+            ))
+            .bind(datastore_id)
+            .bind(resource_type)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let files: Vec<AddedFile> = files.to_vec();
+        // Insert files with their live rows only, keeping each row's original position.
+        for file in &files {
+            let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+            let live = file.ids.iter().filter(|id| !id.is_empty()).count() as i64;
+            let file_id: i64 = sqlx::query_scalar(
+                "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
+                 VALUES (?, ?, ?, ?, ?) RETURNING file_id",
+            )
+            .bind(datastore_id)
+            .bind(resource_type)
+            .bind(&file.path)
+            .bind(file.ids.len() as i64)
+            .bind(live)
+            .fetch_one(&mut *tx)
+            .await?;
+            let positioned: Vec<(usize, &String)> = file
+                .ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !id.is_empty())
+                .collect();
+            for chunk in positioned.chunks(ROWS_PER_STATEMENT) {
+                let mut q = QueryBuilder::<Sqlite>::new(
+                    "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
+                );
+                q.push_values(chunk, |mut b, (pos, id)| {
+                    b.push_bind(datastore_id)
+                        .push_bind(resource_type)
+                        .push_bind(*id)
+                        .push_bind(file_id)
+                        .push_bind(*pos as i64);
+                });
+                q.push(
+                    " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
+                     file_id = excluded.file_id, pos = excluded.pos",
+                );
+                q.build().execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+        sqlx::query(
+            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq) VALUES (?, ?, ?) \
+             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET applied_seq = excluded.applied_seq",
+        )
+        .bind(datastore_id)
+        .bind(resource_type)
+        .bind(applied_seq)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,135 @@
+//! The resource store: the transactional source of truth for every resource version.
+//!
+//! The lake is derived from the store, never the other way round. Each write appends a row to
+//! `resource_versions` whose `seq` is the global change sequence; the lake committer reads the
+//! changes after its watermark and turns them into Iceberg commits. The store also remembers
+//! where each resource's current row lives in the lake (`lake_rows`), so a replacement or a
+//! delete can be expressed as an Iceberg position delete without scanning the table.
+//!
+//! SQLite (through sqlx) is the embedded default; the SQL stays portable so a Postgres pool
+//! can take its place.
+
+mod datastores;
+mod lake_rows;
+mod resources;
+
+pub use datastores::{Datastore, DatastoreStatus};
+pub use lake_rows::{AddedFile, LakeCommitRecord, LakeFile, LakeRow};
+pub use resources::{Change, NewResource, WrittenVersion};
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+/// Errors of the resource store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or a statement failed.
+    #[error("resource store: {0}")]
+    Db(#[from] sqlx::Error),
+    /// A stored JSON document does not parse: the store is corrupt.
+    #[error("resource store holds invalid JSON for {resource_type}/{id}: {source}")]
+    CorruptJson {
+        resource_type: String,
+        id: String,
+        source: serde_json::Error,
+    },
+    /// A data store name that is not allowed.
+    #[error(
+        "invalid data store name '{0}': use 1-63 characters a-z, 0-9 and _, starting with a letter"
+    )]
+    InvalidDatastoreName(String),
+    /// No data store with that name or id.
+    #[error("no data store named or with id '{0}'")]
+    NoSuchDatastore(String),
+}
+
+/// Handle to the embedded resource store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS datastores (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    is_default INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS resource_versions (
+    seq INTEGER PRIMARY KEY,
+    datastore_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    last_updated TEXT NOT NULL,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    json TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS resource_versions_by_id
+    ON resource_versions (datastore_id, resource_type, id, version);
+CREATE INDEX IF NOT EXISTS resource_versions_by_type_seq
+    ON resource_versions (datastore_id, resource_type, seq);
+CREATE TABLE IF NOT EXISTS resources_current (
+    datastore_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    PRIMARY KEY (datastore_id, resource_type, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lake_files (
+    file_id INTEGER PRIMARY KEY,
+    datastore_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    path TEXT NOT NULL UNIQUE,
+    record_count INTEGER NOT NULL,
+    live_count INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lake_files_by_type ON lake_files (datastore_id, resource_type);
+CREATE TABLE IF NOT EXISTS lake_rows (
+    datastore_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    file_id INTEGER NOT NULL,
+    pos INTEGER NOT NULL,
+    PRIMARY KEY (datastore_id, resource_type, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS lake_state (
+    datastore_id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    PRIMARY KEY (datastore_id, resource_type)
+) WITHOUT ROWID;
+"#;
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // WAL + NORMAL: a committed transaction survives a process crash (kill -9);
+            // only a power loss may drop the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-65536");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}

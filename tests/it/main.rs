@@ -1,0 +1,6 @@
+//! Integration tests: one binary, one module per area.
+mod common;
+mod lake;
+mod repl;
+mod schema_gen;
+mod sql_dialect;
