@@ -156,7 +156,7 @@ fn check_object(
                 }
                 other => issues.push(
                     Issue::processing(format!(
-                        "This property must be an Array, not a {}",
+                        "This property must be an Array, not {}",
                         json_kind(other)
                     ))
                     .at(&loc, &expr),

@@ -10,6 +10,11 @@
 //!   would normalize it (unquoted: lower-cased; quoted: exact). Arrays stay 1-based, as in
 //!   Trino, because DataFusion's `array_element` is 1-based too.
 //!
+//! * Output names. Trino names an unaliased field access after its last field
+//!   (`name[1].family` is `family`) and any other unaliased expression `_col<position>`
+//!   (`_col0`, counting from zero); plain column references keep their name. DataFusion would
+//!   name them after the expression text (`patient.name[Int64(1)][family]`), so such items
+//!   get Trino's name as an alias.
 //! * Repeated output names. Trino allows `SELECT a AS x, b AS x` (the guide's Q16 repeats
 //!   `categoryCode`); DataFusion requires unique names, so the second and later uses of an
 //!   alias get a suffix: `x`, `x_2`, `x_3`.
@@ -144,9 +149,38 @@ impl VisitorMut for UniqueAliases {
     }
 }
 
+/// Trino's name for an unaliased select item, or `None` to keep DataFusion's (plain column
+/// names).
+fn trino_output_name(expr: &Expr, position: usize) -> Option<String> {
+    match expr {
+        Expr::Identifier(_) => None,
+        // `table.column` and `column.field` alike are named after the last part.
+        Expr::CompoundIdentifier(parts) => parts.last().map(normalized),
+        Expr::CompoundFieldAccess { access_chain, .. } => match access_chain.last() {
+            Some(AccessExpr::Dot(Expr::Identifier(ident))) => Some(normalized(ident)),
+            Some(AccessExpr::Dot(Expr::Value(v))) => match &v.value {
+                Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Some(s.clone()),
+                _ => Some(format!("_col{position}")),
+            },
+            _ => Some(format!("_col{position}")),
+        },
+        _ => Some(format!("_col{position}")),
+    }
+}
+
 fn unique_aliases_in(body: &mut SetExpr) {
     match body {
         SetExpr::Select(select) => {
+            for (position, item) in select.projection.iter_mut().enumerate() {
+                if let SelectItem::UnnamedExpr(expr) = item
+                    && let Some(name) = trino_output_name(expr, position)
+                {
+                    *item = SelectItem::ExprWithAlias {
+                        expr: expr.clone(),
+                        alias: Ident::with_quote('"', name),
+                    };
+                }
+            }
             let taken: HashSet<String> = select
                 .projection
                 .iter()
@@ -226,29 +260,42 @@ mod tests {
     #[test]
     fn field_access_after_subscript_becomes_literal() {
         assert_eq!(
-            rewritten("SELECT name[1].family FROM patient"),
-            "SELECT name[1].'family' FROM patient"
+            rewritten("SELECT name[1].family AS f FROM patient"),
+            "SELECT name[1].'family' AS f FROM patient"
         );
         assert_eq!(
-            rewritten("SELECT name [ 1 ].given [ 1 ] FROM patient"),
-            "SELECT name[1].'given'[1] FROM patient"
+            rewritten("SELECT name [ 1 ].given [ 1 ] AS g FROM patient"),
+            "SELECT name[1].'given'[1] AS g FROM patient"
         );
         assert_eq!(
-            rewritten("SELECT condition.code.coding[1].Code FROM condition"),
-            "SELECT condition.code.coding[1].'code' FROM condition"
+            rewritten("SELECT condition.code.coding[1].Code AS c FROM condition"),
+            "SELECT condition.code.coding[1].'code' AS c FROM condition"
         );
         assert_eq!(
-            rewritten("SELECT component[2].valuequantity.value FROM observation"),
-            "SELECT component[2].'valuequantity'.'value' FROM observation"
+            rewritten("SELECT component[2].valuequantity.value AS v FROM observation"),
+            "SELECT component[2].'valuequantity'.'value' AS v FROM observation"
         );
         assert_eq!(
-            rewritten(r#"SELECT x[1]."Exact" FROM t"#),
-            "SELECT x[1].'Exact' FROM t"
+            rewritten(r#"SELECT x[1]."Exact" AS e FROM t"#),
+            "SELECT x[1].'Exact' AS e FROM t"
         );
         // Nothing to do without a subscript, or with a subscript last.
         assert_eq!(
-            rewritten("SELECT maritalstatus.text, meta.tag[1] FROM patient"),
-            "SELECT maritalstatus.text, meta.tag[1] FROM patient"
+            rewritten("SELECT maritalstatus.text AS t, meta.tag[1] AS m FROM patient"),
+            "SELECT maritalstatus.text AS t, meta.tag[1] AS m FROM patient"
+        );
+    }
+
+    #[test]
+    fn unaliased_items_get_trinos_names() {
+        assert_eq!(
+            rewritten(
+                "SELECT id, patient.gender, name[1].family, maritalstatus.text, name[1], \
+                 year(date(birthdate)), *, x[1].\"Exact\" FROM patient"
+            ),
+            "SELECT id, patient.gender AS \"gender\", name[1].'family' AS \"family\", maritalstatus.text AS \"text\", \
+             name[1] AS \"_col4\", year(date(birthdate)) AS \"_col5\", *, x[1].'Exact' AS \"Exact\" \
+             FROM patient"
         );
     }
 
@@ -259,7 +306,7 @@ mod tests {
              FROM observation WHERE EXISTS (SELECT 1 FROM patient WHERE name[1].family = 'x')",
         );
         assert!(
-            sql.contains("component[2].'valuequantity'.'value'"),
+            sql.contains("component[2].'valuequantity'.'value' AS VARCHAR"),
             "{sql}"
         );
         assert!(sql.contains("name[1].'family' = 'x'"), "{sql}");
@@ -269,9 +316,10 @@ mod tests {
     fn repeated_aliases_get_suffixes() {
         assert_eq!(
             rewritten(
-                "SELECT a AS categoryCode, b AS CategoryCode, c AS categorycode_2, d AS x FROM t"
+                "SELECT a AS categoryCode, b AS CategoryCode, c AS categorycode_2, d AS x, x.y[1].z, t.z[2].z FROM t"
             ),
-            "SELECT a AS categoryCode, b AS \"categorycode_3\", c AS categorycode_2, d AS x FROM t"
+            "SELECT a AS categoryCode, b AS \"categorycode_3\", c AS categorycode_2, d AS x, \
+             x.y[1].'z' AS \"z\", t.z[2].'z' AS \"z_2\" FROM t"
         );
         let sql =
             rewritten("SELECT 1 AS x, 2 AS x UNION ALL SELECT * FROM (SELECT 3 AS y, 4 AS y)");

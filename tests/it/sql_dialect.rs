@@ -1358,20 +1358,42 @@ async fn catalog_listing_and_datastore_switching() {
 }
 
 #[tokio::test]
-async fn scratch_names() {
+async fn output_names_follow_athena() {
     let Some((engine, _)) = engine() else { return };
-    for sql in [
-        "SELECT name[1].family, maritalstatus.text, name[1], json_extract(extension[1], '$.url'), count(*) OVER (), id, patient.gender, year(date(birthdate)) FROM patient LIMIT 1",
-        "SELECT year(date(birthdate)), count(*) FROM patient GROUP BY year(date(birthdate)) ORDER BY year(date(birthdate))",
-    ] {
-        let df = engine.sql(sql).await.unwrap();
-        eprintln!(
-            "NAMES {:?}",
+    let names = |sql: &'static str| {
+        let engine = &engine;
+        async move {
+            let df = engine.sql(sql).await.unwrap();
             df.schema()
                 .fields()
                 .iter()
                 .map(|f| f.name().clone())
                 .collect::<Vec<_>>()
-        );
-    }
+        }
+    };
+    assert_eq!(
+        names(
+            "SELECT name[1].family, maritalstatus.text, name[1], json_extract(extension[1], '$.url'), \
+             count(*) OVER (), id, patient.gender, year(date(birthdate)) FROM patient LIMIT 1"
+        )
+        .await,
+        ["family", "text", "_col2", "_col3", "_col4", "id", "gender", "_col7"]
+    );
+    // Aliased expressions still match GROUP BY and ORDER BY.
+    let b = query(
+        &engine,
+        "SELECT year(date(birthdate)), count(*) FROM patient GROUP BY year(date(birthdate)) \
+         ORDER BY year(date(birthdate))",
+    )
+    .await;
+    assert_eq!(b.schema().field(0).name(), "_col0");
+    let years = texts(&b, "_col0");
+    let mut sorted = years.clone();
+    sorted.sort_by_key(|y| y.as_ref().map(|y| y.parse::<i64>().unwrap()));
+    assert_eq!(years, sorted);
+    let total: i64 = texts(&b, "_col1")
+        .iter()
+        .map(|n| n.as_ref().unwrap().parse::<i64>().unwrap())
+        .sum();
+    assert_eq!(total, PATIENTS as i64);
 }
