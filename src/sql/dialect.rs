@@ -68,6 +68,9 @@ fn syntax_error(error: DataFusionError) -> SqlError {
 pub fn check_read_only(statement: &DFStatement) -> Result<(), SqlError> {
     match statement {
         DFStatement::Statement(s) => match s.as_ref() {
+            Statement::Query(query) if creates_table(&query.body) => {
+                Err(SqlError::ReadOnly("SELECT INTO".to_string()))
+            }
             Statement::Query(_)
             | Statement::ExplainTable { .. }
             | Statement::ShowTables { .. }
@@ -81,6 +84,16 @@ pub fn check_read_only(statement: &DFStatement) -> Result<(), SqlError> {
         },
         DFStatement::Explain(explain) => check_read_only(&explain.statement),
         other => Err(SqlError::ReadOnly(statement_kind(&other.to_string()))),
+    }
+}
+
+/// True for `SELECT ... INTO table`, which creates a table.
+fn creates_table(body: &SetExpr) -> bool {
+    match body {
+        SetExpr::Select(select) => select.into.is_some(),
+        SetExpr::SetOperation { left, right, .. } => creates_table(left) || creates_table(right),
+        SetExpr::Query(query) => creates_table(&query.body),
+        _ => false,
     }
 }
 
@@ -134,17 +147,18 @@ fn rewrite_sql_statement(statement: &mut Statement) {
         rewrite_field_access(expr);
         ControlFlow::<()>::Continue(())
     });
-    let _ = statement.visit(&mut UniqueAliases);
+    let _ = statement.visit(&mut OutputNames);
 }
 
-/// Renames repeated output aliases of every `SELECT` (see the module docs).
-struct UniqueAliases;
+/// Gives every `SELECT` Trino's output names and makes repeated ones unique (see the
+/// module docs).
+struct OutputNames;
 
-impl VisitorMut for UniqueAliases {
+impl VisitorMut for OutputNames {
     type Break = ();
 
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        unique_aliases_in(&mut query.body);
+        name_outputs_in(&mut query.body);
         ControlFlow::Continue(())
     }
 }
@@ -168,7 +182,7 @@ fn trino_output_name(expr: &Expr, position: usize) -> Option<String> {
     }
 }
 
-fn unique_aliases_in(body: &mut SetExpr) {
+fn name_outputs_in(body: &mut SetExpr) {
     match body {
         SetExpr::Select(select) => {
             for (position, item) in select.projection.iter_mut().enumerate() {
@@ -211,8 +225,8 @@ fn unique_aliases_in(body: &mut SetExpr) {
             }
         }
         SetExpr::SetOperation { left, right, .. } => {
-            unique_aliases_in(left);
-            unique_aliases_in(right);
+            name_outputs_in(left);
+            name_outputs_in(right);
         }
         // Nested queries are visited on their own.
         _ => {}
@@ -348,6 +362,7 @@ mod tests {
             ("SET datafusion.execution.batch_size = 1", "SET"),
             ("EXPLAIN INSERT INTO patient VALUES (1)", "INSERT"),
             ("TRUNCATE TABLE patient", "TRUNCATE"),
+            ("SELECT * INTO copy FROM patient", "SELECT INTO"),
         ];
         for (sql, kind) in cases {
             let err = parse(sql).unwrap_err();

@@ -1147,3 +1147,38 @@ async fn output_names_follow_athena() {
         .sum();
     assert_eq!(total, PATIENTS as i64);
 }
+
+#[tokio::test]
+async fn every_resource_type_is_queryable_while_empty() {
+    let engine = SqlEngine::new().unwrap();
+    let registry = Registry::global();
+    let tables = registry
+        .resource_types()
+        .map(|t| (t.to_string(), fhirlake::sql::empty_table(t).unwrap()))
+        .collect();
+    engine.register_datastore("empty", tables).unwrap();
+    assert_eq!(
+        engine.tables(None).unwrap().len(),
+        registry.resource_types().count()
+    );
+    for resource_type in registry.resource_types() {
+        let sql = format!(
+            "SELECT * FROM database.{} LIMIT 1",
+            resource_type.to_lowercase()
+        );
+        let b = query(&engine, &sql).await;
+        assert_eq!(b.num_rows(), 0, "{sql}");
+        assert!(
+            b.schema()
+                .fields()
+                .iter()
+                .all(|f| f.name() == &f.name().to_lowercase())
+        );
+    }
+    let b = query(
+        &engine,
+        "SELECT count(*) AS n FROM medicationrequest WHERE dosageinstruction[1].text = 'x'",
+    )
+    .await;
+    assert_eq!(texts(&b, "n")[0].as_deref(), Some("0"));
+}
