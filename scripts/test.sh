@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
 echo "== cargo build + test (debug)"
 cargo build --bins
 cargo test --no-fail-fast 2>&1 | tee target/cargo-test.log

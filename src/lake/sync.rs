@@ -131,10 +131,8 @@ pub async fn sync_table(
         }
         let mut removed_ids = Vec::new();
         if !old_rows.is_empty() {
-            let positions: Vec<(String, i64)> = old_rows
-                .iter()
-                .map(|(_, r)| (r.path.clone(), r.pos))
-                .collect();
+            let positions: Vec<(String, i64)> =
+                old_rows.values().map(|r| (r.path.clone(), r.pos)).collect();
             removed_ids = old_rows.keys().cloned().collect();
             changes_out
                 .added_deletes
