@@ -267,8 +267,11 @@ impl Committer {
         .build()?
         .metadata;
         debug_assert_eq!(new_metadata.format_version(), FormatVersion::V2);
-        let new_location =
-            MetadataLocation::from_str(&current_location)?.with_new_metadata(&new_metadata);
+        // A new file name (next version, new uuid): the old metadata file is never touched,
+        // so the pointer swap below is the only moment the table changes.
+        let new_location = MetadataLocation::from_str(&current_location)?
+            .with_next_version()
+            .with_new_metadata(&new_metadata);
         new_metadata.write_to(file_io, &new_location).await?;
         Ok(new_location.to_string())
     }

@@ -75,6 +75,15 @@ async fn import_replace_delete_and_recover() {
 
     let report = import_file(&inst, &file).await;
     assert_eq!(report.imported() as usize, expected.len());
+    let first_location = inst
+        .lake
+        .table("fhir", "Patient")
+        .await
+        .unwrap()
+        .unwrap()
+        .metadata_location()
+        .unwrap()
+        .to_string();
     assert_eq!(report.failed(), 0);
     let rows = scan_ids(&inst, "fhir", "Patient").await;
     assert_eq!(rows.len(), expected.len());
@@ -93,6 +102,16 @@ async fn import_replace_delete_and_recover() {
             .map(|(id, _)| id.clone())
             .collect::<HashSet<_>>(),
         expected
+    );
+
+    // Each commit writes a new metadata file and swaps the pointer; the old file stays intact.
+    let table = inst.lake.table("fhir", "Patient").await.unwrap().unwrap();
+    let second_location = table.metadata_location().unwrap().to_string();
+    assert_ne!(first_location, second_location);
+    assert!(std::path::Path::new(first_location.trim_start_matches("file://")).exists());
+    assert!(
+        table.metadata().snapshots().count() >= 2,
+        "one snapshot per commit"
     );
 
     // Deleting one resource removes its row.
