@@ -13,6 +13,7 @@ use fhirlake::cli::local::local_backend;
 use fhirlake::cli::{OutputFormat, ReplOptions, run_repl, run_statements};
 use fhirlake::ingest::{self, ImportOptions, ImportProgress};
 use fhirlake::installation::Installation;
+use fhirlake::lake::compact::{CompactionPolicy, compact_table};
 use fhirlake::lake::sync::{BatchLimits, sync_datastore};
 
 #[derive(Parser)]
@@ -69,6 +70,11 @@ enum Command {
         /// Directory with the sample NDJSON.
         #[arg(long, default_value = "data")]
         sample: PathBuf,
+    },
+    /// Compact every table of a data store: rewrite live rows into few files, drop delete files.
+    Compact {
+        #[arg(long)]
+        datastore: Option<String>,
     },
     /// Regenerate the per-type schemas from the FHIR R4 StructureDefinitions.
     GenSchemas {
@@ -151,6 +157,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let backend = local_backend(inst.clone(), &ds).await?;
             repl(&inst, backend, OutputFormat::Table).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Compact { datastore } => {
+            let inst = Installation::open(&cli.data_dir).await?;
+            let ds = inst.datastore(datastore.as_deref()).await?;
+            sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default()).await?;
+            for name in inst.lake.table_names(&ds.name).await? {
+                let Some(ty) = fhirlake::schema::Registry::global().canonical_name(&name) else {
+                    continue;
+                };
+                match compact_table(
+                    &inst.store,
+                    &inst.lake,
+                    &ds,
+                    ty,
+                    CompactionPolicy::default(),
+                    true,
+                )
+                .await?
+                {
+                    Some(c) => println!(
+                        "{ty}: {} data + {} delete files -> {} files, {} rows",
+                        c.files_before, c.delete_files_before, c.files_after, c.rows
+                    ),
+                    None => println!("{ty}: already compact"),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::GenSchemas { definitions, out } => {
@@ -248,7 +281,11 @@ async fn import(
         println!("  {ty:<28} {n:>9}");
     }
     let commits: usize = synced.iter().map(|s| s.commits).sum();
-    println!("Lake: {commits} commits to {} tables.", synced.len());
+    let compacted = synced.iter().filter(|s| s.compaction.is_some()).count();
+    println!(
+        "Lake: {commits} commits to {} tables ({compacted} compacted).",
+        synced.len()
+    );
     for f in report.files.iter().filter(|f| f.read_error.is_some()) {
         println!(
             "  {}: {}",

@@ -4,6 +4,7 @@
 //! store changes into the tables through the [`commit`] module, exactly once.
 
 pub mod commit;
+pub mod compact;
 pub mod flatten;
 pub mod provider;
 pub mod sync;

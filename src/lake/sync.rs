@@ -10,11 +10,12 @@ use std::collections::{HashMap, HashSet};
 
 use arrow::array::{Array, AsArray};
 use futures::TryStreamExt;
-use iceberg::spec::{DataContentType, ManifestList};
+use iceberg::spec::DataContentType;
 use iceberg::table::Table;
 use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::ProjectionMask;
 
+use super::compact::{Compaction, CompactionPolicy, compact_table, live_files};
 use super::flatten::{FlatInput, flatten};
 use super::write::{write_data_file, write_position_deletes};
 use super::{Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
@@ -44,6 +45,8 @@ pub struct TableSync {
     pub commits: usize,
     pub rows_written: usize,
     pub rows_removed: usize,
+    /// Set when the sync ended with a compaction of the table.
+    pub compaction: Option<Compaction>,
 }
 
 /// Applies every pending store change of `datastore` to its tables; returns per-table stats.
@@ -55,7 +58,17 @@ pub async fn sync_datastore(
 ) -> Result<Vec<TableSync>, LakeError> {
     let mut out = Vec::new();
     for (resource_type, _) in store.pending_types(&datastore.id).await? {
-        out.push(sync_table(store, lake, datastore, &resource_type, limits).await?);
+        let mut stats = sync_table(store, lake, datastore, &resource_type, limits).await?;
+        stats.compaction = compact_table(
+            store,
+            lake,
+            datastore,
+            &resource_type,
+            CompactionPolicy::default(),
+            false,
+        )
+        .await?;
+        out.push(stats);
     }
     Ok(out)
 }
@@ -74,14 +87,16 @@ pub async fn sync_table(
         resource_type: resource_type.to_string(),
         ..Default::default()
     };
-    let lake_wm = table_watermark(&table);
-    if lake_wm != store.lake_applied_seq(&datastore.id, resource_type).await? {
+    let lake_snapshot = table.metadata().current_snapshot_id();
+    if lake_snapshot.is_some()
+        && lake_snapshot != store.lake_snapshot_id(&datastore.id, resource_type).await?
+    {
         tracing::warn!(
             table = resource_type,
-            lake_wm,
-            "lake and store disagree on the applied changes; rebuilding the row index from the table"
+            "the store's row index does not describe the table's current snapshot (a crash between \
+             a lake commit and its record?); rebuilding it from the table"
         );
-        rebuild_row_index(store, &table, &datastore.id, resource_type, lake_wm).await?;
+        rebuild_row_index(store, &table, &datastore.id, resource_type).await?;
     }
     loop {
         let applied = table_watermark(&table);
@@ -152,6 +167,7 @@ pub async fn sync_table(
                 resource_type,
                 &LakeCommitRecord {
                     applied_seq,
+                    snapshot_id: table.metadata().current_snapshot_id().unwrap_or_default(),
                     added_files,
                     removed_ids,
                     dropped_files: Vec::new(),
@@ -177,35 +193,22 @@ fn latest_per_id(changes: Vec<Change>) -> Vec<Change> {
     out
 }
 
-/// Rebuilds the store's row index of one table from the table's live files, then records
-/// `watermark` as applied.
+/// Rebuilds the store's row index of one table from the table's live files, recording the
+/// table's watermark and snapshot.
 async fn rebuild_row_index(
     store: &Store,
     table: &Table,
     datastore_id: &str,
     resource_type: &str,
-    watermark: i64,
 ) -> Result<(), LakeError> {
-    let metadata = table.metadata();
-    let file_io = table.file_io();
-    let mut data_files = Vec::new();
+    let watermark = table_watermark(table);
+    let snapshot_id = table.metadata().current_snapshot_id().unwrap_or_default();
+    let (data, deletes) = live_files(table).await?;
+    let data_files: Vec<String> = data.iter().map(|f| f.file_path().to_string()).collect();
     let mut deleted: HashSet<(String, i64)> = HashSet::new();
-    if let Some(snapshot) = metadata.current_snapshot() {
-        let bytes = file_io.new_input(snapshot.manifest_list())?.read().await?;
-        let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
-        for manifest in list.entries() {
-            let loaded = manifest.load_manifest(file_io).await?;
-            for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
-                match entry.content_type() {
-                    DataContentType::Data => data_files.push(entry.file_path().to_string()),
-                    DataContentType::PositionDeletes => {
-                        for (path, pos) in read_position_deletes(table, entry.file_path()).await? {
-                            deleted.insert((path, pos));
-                        }
-                    }
-                    DataContentType::EqualityDeletes => {}
-                }
-            }
+    for file in &deletes {
+        if file.content_type() == DataContentType::PositionDeletes {
+            deleted.extend(read_position_deletes(table, file.file_path()).await?);
         }
     }
     let mut added_files = Vec::new();
@@ -226,7 +229,13 @@ async fn rebuild_row_index(
         added_files.push(AddedFile { path, ids: live });
     }
     store
-        .reset_lake_index(datastore_id, resource_type, watermark, &added_files)
+        .reset_lake_index(
+            datastore_id,
+            resource_type,
+            watermark,
+            snapshot_id,
+            &added_files,
+        )
         .await?;
     Ok(())
 }

@@ -41,6 +41,8 @@ pub struct AddedFile {
 pub struct LakeCommitRecord {
     /// Highest change sequence the commit applied.
     pub applied_seq: i64,
+    /// The Iceberg snapshot the commit created.
+    pub snapshot_id: i64,
     pub added_files: Vec<AddedFile>,
     /// Ids whose previous row was position-deleted (replaced or deleted).
     pub removed_ids: Vec<String>,
@@ -110,20 +112,20 @@ impl Store {
             .collect())
     }
 
-    /// The highest change sequence the store knows the lake has applied for a table.
-    pub async fn lake_applied_seq(
+    /// The Iceberg snapshot the store's row index of a table describes, if any. When the
+    /// table's current snapshot differs, a crash separated a lake commit from its record here.
+    pub async fn lake_snapshot_id(
         &self,
         datastore_id: &str,
         resource_type: &str,
-    ) -> Result<i64, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "SELECT applied_seq FROM lake_state WHERE datastore_id = ? AND resource_type = ?",
+    ) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT snapshot_id FROM lake_state WHERE datastore_id = ? AND resource_type = ?",
         )
         .bind(datastore_id)
         .bind(resource_type)
         .fetch_optional(self.pool())
-        .await?;
-        Ok(seq.unwrap_or(0))
+        .await?)
     }
 
     /// Records a lake commit: new files and row positions, removed rows, dropped files and
@@ -209,12 +211,14 @@ impl Store {
             }
         }
         sqlx::query(
-            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq) VALUES (?, ?, ?) \
-             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET applied_seq = excluded.applied_seq",
+            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq, snapshot_id) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET \
+             applied_seq = excluded.applied_seq, snapshot_id = excluded.snapshot_id",
         )
         .bind(datastore_id)
         .bind(resource_type)
         .bind(record.applied_seq)
+        .bind(record.snapshot_id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -230,10 +234,11 @@ impl Store {
         datastore_id: &str,
         resource_type: &str,
         applied_seq: i64,
+        snapshot_id: i64,
         files: &[AddedFile],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-        for table in ["lake_rows", "lake_files"] {
+        for table in ["lake_rows", "lake_files", "lake_state"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE datastore_id = ? AND resource_type = ?"
             ))
@@ -284,13 +289,14 @@ impl Store {
             }
             tx.commit().await?;
         }
+        // Written last: until it is, the index is known incomplete and gets rebuilt again.
         sqlx::query(
-            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq) VALUES (?, ?, ?) \
-             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET applied_seq = excluded.applied_seq",
+            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq, snapshot_id) VALUES (?, ?, ?, ?)",
         )
         .bind(datastore_id)
         .bind(resource_type)
         .bind(applied_seq)
+        .bind(snapshot_id)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS lake_state (
     datastore_id TEXT NOT NULL,
     resource_type TEXT NOT NULL,
     applied_seq INTEGER NOT NULL,
+    snapshot_id INTEGER NOT NULL,
     PRIMARY KEY (datastore_id, resource_type)
 ) WITHOUT ROWID;
 "#;

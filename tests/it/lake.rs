@@ -221,3 +221,86 @@ async fn bad_lines_are_reported_and_the_rest_imported() {
     assert_eq!(manifest["numberOfResourcesWithCustomerError"], 5);
     assert_eq!(scan_ids(&inst, "fhir", "Patient").await.len(), 11);
 }
+
+#[tokio::test]
+async fn compaction_rewrites_small_files_and_keeps_every_row() {
+    use fhirlake::lake::compact::{CompactionPolicy, compact_table};
+    use fhirlake::lake::sync::sync_table;
+    let Some(data) = shared_data() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inst = Installation::open(dir.path()).await.unwrap();
+    let ds = inst.datastore(None).await.unwrap();
+    let file = data.join("synthea-r4-100p/Condition.ndjson.gz");
+    let tiny = BatchLimits {
+        max_changes: 100,
+        max_json_bytes: 1 << 30,
+    };
+    // Two imports in 100-row micro-batches: many data files, and delete files for the second.
+    for _ in 0..2 {
+        ingest::import(
+            &inst.store,
+            &ds,
+            &file,
+            &ImportOptions::new(dir.path().join("report")),
+            Arc::new(ImportProgress::default()),
+        )
+        .await
+        .unwrap();
+        let stats = sync_table(&inst.store, &inst.lake, &ds, "Condition", tiny)
+            .await
+            .unwrap();
+        assert!(stats.commits > 5);
+    }
+    let before = scan_ids(&inst, "fhir", "Condition").await;
+    let table = inst.lake.table("fhir", "Condition").await.unwrap().unwrap();
+    let (data_files, delete_files) = fhirlake::lake::compact::live_files(&table).await.unwrap();
+    assert!(data_files.len() > 10 && !delete_files.is_empty());
+
+    let done = compact_table(
+        &inst.store,
+        &inst.lake,
+        &ds,
+        "Condition",
+        CompactionPolicy::default(),
+        false,
+    )
+    .await
+    .unwrap()
+    .expect("policy asks for compaction");
+    assert_eq!(done.rows, before.len());
+    assert_eq!(done.files_after, 1);
+    let table = inst.lake.table("fhir", "Condition").await.unwrap().unwrap();
+    let (data_files, delete_files) = fhirlake::lake::compact::live_files(&table).await.unwrap();
+    assert_eq!((data_files.len(), delete_files.len()), (1, 0));
+    assert_eq!(
+        scan_ids(&inst, "fhir", "Condition").await,
+        before,
+        "same rows, same versions"
+    );
+    let summary = &table.metadata().current_snapshot().unwrap().summary();
+    assert_eq!(summary.operation, iceberg::spec::Operation::Replace);
+
+    // The row index now points into the compacted file: replacing everything once more still
+    // leaves exactly one row per id, all at version 3.
+    ingest::import(
+        &inst.store,
+        &ds,
+        &file,
+        &ImportOptions::new(dir.path().join("report")),
+        Arc::new(ImportProgress::default()),
+    )
+    .await
+    .unwrap();
+    sync_table(
+        &inst.store,
+        &inst.lake,
+        &ds,
+        "Condition",
+        BatchLimits::default(),
+    )
+    .await
+    .unwrap();
+    let after = scan_ids(&inst, "fhir", "Condition").await;
+    assert_eq!(after.len(), before.len());
+    assert!(after.iter().all(|(_, v)| *v == 3));
+}

@@ -1,0 +1,209 @@
+//! Compaction: rewrite a table's live rows into few files and drop the old data and
+//! position-delete files.
+//!
+//! Every micro-batch adds a data file and every replacement a delete file; left alone, scans
+//! open ever more small files and apply ever more deletes. Compaction reads the table through
+//! iceberg's reader (which applies the deletes), streams the live rows into new files carrying
+//! only the columns the old files had, and commits a `replace` snapshot that adds the new files
+//! and drops every old one in one atomic swap.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Schema as ArrowSchema;
+use futures::TryStreamExt;
+use iceberg::spec::{DataContentType, DataFile, ManifestList};
+use iceberg::table::Table;
+
+use super::write::write_data_file;
+use super::{Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
+use crate::schema::{Field, Registry};
+use crate::store::{AddedFile, Datastore, Store};
+
+/// When a table is worth compacting.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactionPolicy {
+    /// Compact when the table has more data files than this...
+    pub max_data_files: usize,
+    /// ...or more position-delete files than this.
+    pub max_delete_files: usize,
+    /// Rows per rewritten file.
+    pub rows_per_file: usize,
+}
+
+impl Default for CompactionPolicy {
+    fn default() -> Self {
+        Self {
+            max_data_files: 16,
+            max_delete_files: 4,
+            rows_per_file: 250_000,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Compaction {
+    pub files_before: usize,
+    pub delete_files_before: usize,
+    pub files_after: usize,
+    pub rows: usize,
+}
+
+/// The live data and delete files of the current snapshot.
+pub async fn live_files(table: &Table) -> Result<(Vec<DataFile>, Vec<DataFile>), LakeError> {
+    let metadata = table.metadata();
+    let mut data = Vec::new();
+    let mut deletes = Vec::new();
+    let Some(snapshot) = metadata.current_snapshot() else {
+        return Ok((data, deletes));
+    };
+    let file_io = table.file_io();
+    let bytes = file_io.new_input(snapshot.manifest_list())?.read().await?;
+    let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
+    for manifest in list.entries() {
+        let loaded = manifest.load_manifest(file_io).await?;
+        for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
+            match entry.content_type() {
+                DataContentType::Data => data.push(entry.data_file().clone()),
+                _ => deletes.push(entry.data_file().clone()),
+            }
+        }
+    }
+    Ok((data, deletes))
+}
+
+/// Compacts the table if `policy` says so (or always, with `force`).
+pub async fn compact_table(
+    store: &Store,
+    lake: &Lake,
+    datastore: &Datastore,
+    resource_type: &str,
+    policy: CompactionPolicy,
+    force: bool,
+) -> Result<Option<Compaction>, LakeError> {
+    let Some(table) = lake.table(&datastore.name, resource_type).await? else {
+        return Ok(None);
+    };
+    let (data, deletes) = live_files(&table).await?;
+    let needed = data.len() > policy.max_data_files || deletes.len() > policy.max_delete_files;
+    if data.is_empty() || !(needed || (force && (data.len() > 1 || !deletes.is_empty()))) {
+        return Ok(None);
+    }
+    let schema = Registry::global().get(resource_type)?;
+    // Keep the top-level columns any old file had (plus id and the system columns).
+    let mut top_of_leaf: HashMap<i32, usize> = HashMap::new();
+    for (i, f) in schema.fields.iter().enumerate() {
+        collect_ids(f, i, &mut top_of_leaf);
+    }
+    let mut keep: BTreeSet<usize> = BTreeSet::new();
+    for file in &data {
+        for id in file.column_sizes().keys() {
+            if let Some(&top) = top_of_leaf.get(id) {
+                keep.insert(top);
+            }
+        }
+    }
+    for (i, f) in schema.fields.iter().enumerate() {
+        if f.name == "id" || f.fhir == "system" {
+            keep.insert(i);
+        }
+    }
+    let names: Vec<&str> = keep
+        .iter()
+        .map(|&i| schema.fields[i].name.as_str())
+        .collect();
+
+    let mut stream = table
+        .scan()
+        .select(names.iter().copied())
+        .build()?
+        .to_arrow()
+        .await?;
+    let mut new_files: Vec<DataFile> = Vec::new();
+    let mut added: Vec<AddedFile> = Vec::new();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
+    let mut rows = 0;
+    // The reader's batches carry the Iceberg schema of the selected columns, field ids included.
+    let mut target: Option<Arc<ArrowSchema>> = None;
+    while let Some(batch) = stream.try_next().await? {
+        let target = target.get_or_insert_with(|| batch.schema()).clone();
+        let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec())?;
+        pending_rows += batch.num_rows();
+        rows += batch.num_rows();
+        pending.push(batch);
+        if pending_rows >= policy.rows_per_file {
+            flush(&table, &target, &mut pending, &mut new_files, &mut added).await?;
+            pending_rows = 0;
+        }
+    }
+    if let (false, Some(target)) = (pending.is_empty(), &target) {
+        flush(&table, target, &mut pending, &mut new_files, &mut added).await?;
+    }
+
+    let watermark = table_watermark(&table);
+    let mut changes = TableChanges {
+        added_data: new_files,
+        dropped_files: data
+            .iter()
+            .chain(&deletes)
+            .map(|f| f.file_path().to_string())
+            .collect::<HashSet<_>>(),
+        ..Default::default()
+    };
+    changes
+        .properties
+        .insert(WATERMARK_PROPERTY.to_string(), watermark.to_string());
+    let ident = Lake::table_ident(&datastore.name, resource_type);
+    let table = lake.committer().commit(&ident, &changes).await?;
+    store
+        .reset_lake_index(
+            &datastore.id,
+            resource_type,
+            watermark,
+            table.metadata().current_snapshot_id().unwrap_or_default(),
+            &added,
+        )
+        .await?;
+    Ok(Some(Compaction {
+        files_before: data.len(),
+        delete_files_before: deletes.len(),
+        files_after: added.len(),
+        rows,
+    }))
+}
+
+fn collect_ids(field: &Field, top: usize, out: &mut HashMap<i32, usize>) {
+    out.insert(field.id, top);
+    if let Some(e) = field.element_id {
+        out.insert(e, top);
+    }
+    for f in &field.fields {
+        collect_ids(f, top, out);
+    }
+}
+
+async fn flush(
+    table: &Table,
+    schema: &Arc<ArrowSchema>,
+    pending: &mut Vec<RecordBatch>,
+    new_files: &mut Vec<DataFile>,
+    added: &mut Vec<AddedFile>,
+) -> Result<(), LakeError> {
+    let batch = arrow::compute::concat_batches(schema, pending.iter())?;
+    pending.clear();
+    let ids = batch
+        .column_by_name("id")
+        .expect("id is always kept")
+        .as_string::<i32>();
+    let ids: Vec<String> = (0..ids.len()).map(|i| ids.value(i).to_string()).collect();
+    let file = write_data_file(table, &batch).await?;
+    added.push(AddedFile {
+        path: file.file_path().to_string(),
+        ids,
+    });
+    new_files.push(file);
+    Ok(())
+}
