@@ -16,3 +16,7 @@ DATA=target/interop-data
 rm -rf "$DATA"
 "$BIN" --data-dir "$DATA" import data/ --quiet
 "$VENV/bin/python" tests/interop/test_lake.py "$DATA" data/ "$BIN"
+
+# The 585-patient set (../shared), if present: SQL counts equal the NDJSON's distinct ids.
+rm -rf target/interop-585p
+"$VENV/bin/python" tests/interop/test_585p.py "$BIN" ../shared/data target/interop-585p

@@ -13,6 +13,7 @@ use fhirlake::cli::local::local_backend;
 use fhirlake::cli::{OutputFormat, ReplOptions, run_repl, run_statements};
 use fhirlake::ingest::{self, ImportOptions, ImportProgress};
 use fhirlake::installation::Installation;
+use fhirlake::lake::background::BackgroundSync;
 use fhirlake::lake::compact::{CompactionPolicy, compact_table};
 use fhirlake::lake::sync::{BatchLimits, sync_datastore};
 
@@ -255,6 +256,14 @@ async fn import(
             }
         })
     });
+    // Commit to the lake while the import runs, so both cores work.
+    let background = BackgroundSync::spawn(
+        inst.store.clone(),
+        inst.lake.clone(),
+        ds.clone(),
+        Duration::from_secs(2),
+        BatchLimits::default(),
+    );
     let report = ingest::import(&inst.store, &ds, path, &options, progress.clone()).await;
     if let Some(t) = ticker {
         t.abort();
@@ -263,7 +272,7 @@ async fn import(
     if let Some(bar) = &bar {
         bar.set_message("committing to the lake…");
     }
-    let synced = sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default()).await?;
+    let synced = background.shutdown().await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
@@ -280,11 +289,10 @@ async fn import(
     for (ty, n) in &report.per_type {
         println!("  {ty:<28} {n:>9}");
     }
-    let commits: usize = synced.iter().map(|s| s.commits).sum();
     let compacted = synced.iter().filter(|s| s.compaction.is_some()).count();
     println!(
-        "Lake: {commits} commits to {} tables ({compacted} compacted).",
-        synced.len()
+        "Lake: all {} resource types committed ({compacted} tables compacted at the end).",
+        report.per_type.len()
     );
     for f in report.files.iter().filter(|f| f.read_error.is_some()) {
         println!(

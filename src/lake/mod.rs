@@ -3,6 +3,7 @@
 //! [`Lake`] owns the Iceberg SQL catalog (sqlite) and the warehouse directory; [`sync`] moves
 //! store changes into the tables through the [`commit`] module, exactly once.
 
+pub mod background;
 pub mod commit;
 pub mod compact;
 pub mod flatten;
@@ -47,6 +48,8 @@ pub enum LakeError {
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    #[error("lake sync: {0}")]
+    Background(String),
     #[error("cannot create warehouse directory {0}: {1}")]
     Warehouse(PathBuf, std::io::Error),
 }

@@ -304,3 +304,47 @@ async fn compaction_rewrites_small_files_and_keeps_every_row() {
     assert_eq!(after.len(), before.len());
     assert!(after.iter().all(|(_, v)| *v == 3));
 }
+
+#[tokio::test]
+async fn background_sync_commits_on_its_own_and_on_flush() {
+    use fhirlake::lake::background::BackgroundSync;
+    let dir = tempfile::tempdir().unwrap();
+    let inst = Installation::open(dir.path()).await.unwrap();
+    let ds = inst.datastore(None).await.unwrap();
+    let sync = BackgroundSync::spawn(
+        inst.store.clone(),
+        inst.lake.clone(),
+        ds.clone(),
+        std::time::Duration::from_millis(100),
+        BatchLimits::default(),
+    );
+    let put = |id: &str| NewResource {
+        resource_type: "Patient".into(),
+        id: id.into(),
+        json: Some(format!(
+            r#"{{"resourceType":"Patient","id":"{id}","gender":"female"}}"#
+        )),
+    };
+    inst.store
+        .put_resources(&ds.id, vec![put("a")])
+        .await
+        .unwrap();
+    // The interval alone makes it visible.
+    let mut seen = false;
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if scan_ids(&inst, "fhir", "Patient").await.len() == 1 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the background sync never committed");
+    // flush makes everything written so far visible at once.
+    inst.store
+        .put_resources(&ds.id, vec![put("b"), put("c")])
+        .await
+        .unwrap();
+    sync.flush().await.unwrap();
+    assert_eq!(scan_ids(&inst, "fhir", "Patient").await.len(), 3);
+    sync.shutdown().await.unwrap();
+}
