@@ -75,7 +75,7 @@ pub struct Committer {
     catalog_name: String,
 }
 
-const MAX_ATTEMPTS: usize = 10;
+const MAX_ATTEMPTS: usize = 30;
 
 impl Committer {
     pub fn new(catalog: Arc<dyn Catalog>, pool: SqlitePool, catalog_name: String) -> Self {
@@ -92,7 +92,7 @@ impl Committer {
         ident: &TableIdent,
         changes: &TableChanges,
     ) -> Result<Table, CommitError> {
-        for _ in 0..MAX_ATTEMPTS {
+        for attempt in 0..MAX_ATTEMPTS {
             let table = self.catalog.load_table(ident).await?;
             let new_location = self.write_next_metadata(&table, changes).await?;
             let old_location = table
@@ -116,8 +116,14 @@ impl Committer {
             if swapped == 1 {
                 return Ok(self.catalog.load_table(ident).await?);
             }
-            // Someone else committed first: our files stay unreferenced; build on theirs.
-            tracing::debug!(table = %ident, "commit conflict, retrying");
+            // Someone else committed first: our files stay unreferenced; build on theirs after
+            // a short, growing, jittered pause so competing writers spread out.
+            tracing::debug!(table = %ident, attempt, "commit conflict, retrying");
+            let jitter = uuid::Uuid::new_v4().as_u64_pair().0 % 5;
+            tokio::time::sleep(std::time::Duration::from_millis(
+                (attempt as u64 + 1) * 2 + jitter,
+            ))
+            .await;
         }
         Err(CommitError::TooManyConflicts(
             ident.to_string(),

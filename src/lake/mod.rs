@@ -9,7 +9,7 @@ pub mod compact;
 pub mod flatten;
 pub mod provider;
 pub mod sync;
-mod write;
+pub mod write;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
