@@ -37,6 +37,13 @@ pub enum StoreError {
         id: String,
         source: serde_json::Error,
     },
+    /// A stored blob does not decompress: the store is corrupt.
+    #[error("resource store holds a corrupt blob for {resource_type}/{id}: {message}")]
+    CorruptBlob {
+        resource_type: String,
+        id: String,
+        message: String,
+    },
     /// A data store name that is not allowed.
     #[error(
         "invalid data store name '{0}': use 1-63 characters a-z, 0-9 and _, starting with a letter"
@@ -69,7 +76,8 @@ CREATE TABLE IF NOT EXISTS resource_versions (
     version INTEGER NOT NULL,
     last_updated TEXT NOT NULL,
     deleted INTEGER NOT NULL DEFAULT 0,
-    json TEXT
+    -- zstd-compressed JSON text; NULL for a deletion
+    json_zstd BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS resource_versions_by_id
     ON resource_versions (datastore_id, resource_type, id, version);

@@ -119,12 +119,15 @@ impl Store {
                 last_updated: last_updated.clone(),
                 seq,
             });
-            rows.push((seq, item.resource_type, item.id, version, json));
+            // Stored zstd-compressed: resource JSON shrinks about 4x, and the store is read
+            // back mostly once, by the lake sync.
+            let blob = json.as_deref().map(compress);
+            rows.push((seq, item.resource_type, item.id, version, blob));
         }
 
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO resource_versions (seq, datastore_id, resource_type, id, version, last_updated, deleted, json) ",
+                "INSERT INTO resource_versions (seq, datastore_id, resource_type, id, version, last_updated, deleted, json_zstd) ",
             );
             q.push_values(chunk, |mut b, (seq, ty, id, version, json)| {
                 b.push_bind(*seq)
@@ -169,7 +172,7 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<Change>, StoreError> {
         let rows = sqlx::query(
-            "SELECT seq, id, version, last_updated, json FROM resource_versions \
+            "SELECT seq, id, version, last_updated, json_zstd FROM resource_versions \
              WHERE datastore_id = ? AND resource_type = ? AND seq > ? ORDER BY seq LIMIT ?",
         )
         .bind(datastore_id)
@@ -178,16 +181,26 @@ impl Store {
         .bind(limit)
         .fetch_all(self.pool())
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|row| Change {
-                seq: row.get(0),
-                id: row.get(1),
-                version: row.get(2),
-                last_updated: row.get(3),
-                json: row.get(4),
+        rows.into_iter()
+            .map(|row| {
+                let id: String = row.get(1);
+                let json = match row.get::<Option<Vec<u8>>, _>(4) {
+                    Some(blob) => Some(decompress(&blob).map_err(|e| StoreError::CorruptBlob {
+                        resource_type: resource_type.to_string(),
+                        id: id.clone(),
+                        message: e.to_string(),
+                    })?),
+                    None => None,
+                };
+                Ok(Change {
+                    seq: row.get(0),
+                    id,
+                    version: row.get(2),
+                    last_updated: row.get(3),
+                    json,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Resource types with changes after the per-type lake watermark, with their latest seq.
@@ -227,6 +240,15 @@ impl Store {
             .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
             .collect())
     }
+}
+
+fn compress(json: &str) -> Vec<u8> {
+    zstd::bulk::compress(json.as_bytes(), 3).expect("compressing into memory cannot fail")
+}
+
+fn decompress(blob: &[u8]) -> Result<String, Box<dyn std::error::Error>> {
+    let bytes = zstd::stream::decode_all(blob)?;
+    Ok(String::from_utf8(bytes)?)
 }
 
 /// Sets `meta.versionId` and `meta.lastUpdated` in a resource's JSON text.
