@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area.
 mod common;
 mod crash;
+mod ingest;
 mod lake;
 mod repl;
 mod schema_gen;
