@@ -1,13 +1,12 @@
 //! Flattening stored FHIR JSON into Arrow record batches of the table schema.
 //!
-//! Each batch carries only the top-level columns that hold data in it: Iceberg readers match
-//! columns by field id and read absent ones as null, so a micro-batch of a type with
-//! thousands of leaf columns writes a small file with a small footer. A present struct column
-//! is written whole: iceberg-rust 0.10's reader fills missing top-level columns but not
-//! missing children of a struct.
+//! Only the top-level columns that hold data in a batch are decoded from JSON; the others are
+//! added as all-null arrays of their type, so every file carries the full table schema (see
+//! the note in [`flatten`] on why iceberg-rust needs that).
 
 use std::sync::Arc;
 
+use arrow::array::new_null_array;
 use arrow::datatypes::{Field as ArrowField, Schema as ArrowSchema};
 use arrow::json::ReaderBuilder;
 use arrow::record_batch::RecordBatch;
@@ -37,8 +36,7 @@ pub struct FlatInput<'a> {
     pub json: &'a str,
 }
 
-/// Flattens `inputs` (in order: row i is input i) into one batch with only the columns
-/// that hold data, plus `id` and the system columns.
+/// Flattens `inputs` (in order: row i is input i) into one batch of the full table schema.
 pub fn flatten(
     schema: &ResourceSchema,
     inputs: &[FlatInput<'_>],
@@ -89,10 +87,26 @@ pub fn flatten(
         .build_decoder()
         .map_err(arrow_err)?;
     decoder.serialize(&rows).map_err(arrow_err)?;
-    Ok(decoder
+    let present = decoder
         .flush()
         .map_err(arrow_err)?
-        .unwrap_or_else(|| RecordBatch::new_empty(arrow_schema)))
+        .unwrap_or_else(|| RecordBatch::new_empty(arrow_schema));
+    // Absent columns are added as all-null arrays (cheap: no per-row work). They must be in
+    // the file: iceberg-rust 0.10's reader can fill a missing primitive or struct column with
+    // nulls, but not a list, nor a struct containing one, and almost every FHIR element has
+    // a list (`extension`) inside.
+    let full = Arc::new(schema.arrow_schema());
+    let columns = full
+        .fields()
+        .iter()
+        .map(|f| {
+            present
+                .column_by_name(f.name())
+                .cloned()
+                .unwrap_or_else(|| new_null_array(f.data_type(), present.num_rows()))
+        })
+        .collect();
+    RecordBatch::try_new(full, columns).map_err(arrow_err)
 }
 
 /// Keeps known fields, turns JSON-kind values into their text, and records which top-level
@@ -148,7 +162,7 @@ fn normalize_value(value: Value, field: &Field) -> Value {
 mod tests {
     use super::*;
     use crate::schema::Registry;
-    use arrow::array::AsArray;
+    use arrow::array::{Array, AsArray};
 
     #[test]
     fn flattens_only_present_columns() {

@@ -8,7 +8,7 @@
 use std::any::Any;
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::datasource::{TableProvider, TableType};
@@ -60,6 +60,19 @@ impl LakeTable {
     }
 }
 
+impl LakeTable {
+    /// True when every column `filter` references is a top-level primitive column.
+    fn on_primitive_columns(&self, filter: &Expr) -> bool {
+        filter.column_refs().iter().all(|c| {
+            self.schema.field_with_name(&c.name).is_ok_and(|f| {
+                f.data_type().is_primitive()
+                    || f.data_type() == &DataType::Utf8
+                    || f.data_type() == &DataType::Boolean
+            })
+        })
+    }
+}
+
 #[async_trait]
 impl TableProvider for LakeTable {
     fn as_any(&self) -> &dyn Any {
@@ -96,14 +109,30 @@ impl TableProvider for LakeTable {
         let provider = IcebergStaticTableProvider::try_new_from_table(table)
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        provider.scan(state, projection, filters, limit).await
+        let prunable: Vec<Expr> = filters
+            .iter()
+            .filter(|f| self.on_primitive_columns(f))
+            .cloned()
+            .collect();
+        provider.scan(state, projection, &prunable, limit).await
     }
 
     fn supports_filters_pushdown(
         &self,
         filters: &[&Expr],
     ) -> DFResult<Vec<TableProviderFilterPushDown>> {
-        // Iceberg prunes files by statistics only; DataFusion still applies every filter.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+        // Iceberg prunes files by statistics only (Inexact: DataFusion still applies every
+        // filter). Its predicates cannot address struct or list columns, so filters on those
+        // stay with DataFusion alone.
+        Ok(filters
+            .iter()
+            .map(|f| {
+                if self.on_primitive_columns(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
+            .collect())
     }
 }

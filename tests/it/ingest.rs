@@ -24,7 +24,8 @@ async fn huge_line_non_utf8_blank_lines_and_truncated_gzip() {
         "x".repeat(50 << 20)
     );
     writeln!(a, "{huge}").unwrap();
-    a.write_all(b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}\n\n   \n").unwrap();
+    a.write_all(b"{\"resourceType\":\"Patient\",\"id\":\"\xff\"}\n\n   \n")
+        .unwrap();
     writeln!(a, "{}", patient(2)).unwrap();
     drop(a);
 
@@ -51,16 +52,36 @@ async fn huge_line_non_utf8_blank_lines_and_truncated_gzip() {
     let a = &report.files[0];
     assert_eq!((a.lines_scanned, a.imported, a.failed), (4, 2, 2), "{a:?}");
     let failures = std::fs::read_to_string(dir.path().join("report/FAILURE/a.ndjson")).unwrap();
-    let lines: Vec<serde_json::Value> = failures.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let diag = |i: usize| lines[i]["UpdateResourceResponse"]["jsonBlob"]["issue"][0]["diagnostics"].as_str().unwrap().to_string();
+    let lines: Vec<serde_json::Value> = failures
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let diag = |i: usize| {
+        lines[i]["UpdateResourceResponse"]["jsonBlob"]["issue"][0]["diagnostics"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
     assert_eq!(lines[0]["lineId"], 2);
     assert!(diag(0).contains("over the limit"), "{}", diag(0));
     assert_eq!(lines[1]["lineId"], 3);
     assert!(diag(1).contains("Invalid UTF-8"), "{}", diag(1));
 
     let b = &report.files[1];
-    assert!(b.read_error.as_deref().unwrap().contains("reading stopped after line"), "{b:?}");
-    assert!(b.imported > 0 && b.imported < 2900, "lines before the cut are imported: {b:?}");
+    assert!(
+        b.read_error
+            .as_deref()
+            .unwrap()
+            .contains("reading stopped after line"),
+        "{b:?}"
+    );
+    assert!(
+        b.imported > 0 && b.imported < 2900,
+        "lines before the cut are imported: {b:?}"
+    );
     let stored = inst.store.current_counts(&ds.id).await.unwrap();
-    assert_eq!(stored, vec![("Patient".to_string(), (2 + b.imported) as i64)]);
+    assert_eq!(
+        stored,
+        vec![("Patient".to_string(), (2 + b.imported) as i64)]
+    );
 }

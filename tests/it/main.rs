@@ -6,3 +6,4 @@ mod lake;
 mod repl;
 mod schema_gen;
 mod sql_dialect;
+mod sql_examples;
