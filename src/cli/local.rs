@@ -2,8 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::AsArray;
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::SendableRecordBatchStream;
 use futures::future::BoxFuture;
 
@@ -65,7 +64,8 @@ impl QueryBackend for LocalBackend {
     fn tables(&self) -> BoxFuture<'_, Result<Vec<TableInfo>, BackendError>> {
         Box::pin(async move {
             let current = self.engine.current_datastore().unwrap_or_default();
-            // Only types with a lake table can have rows; count those with SQL.
+            // Only types with a lake table can have rows. The snapshot summary gives live rows
+            // without a scan: our deletes each remove one distinct live row.
             let with_data = self
                 .installation
                 .lake
@@ -75,15 +75,16 @@ impl QueryBackend for LocalBackend {
             let mut out = Vec::new();
             for t in self.engine.tables(None).map_err(sql_error)? {
                 let rows = if with_data.contains(&t.name) {
-                    let batches = self
-                        .engine
-                        .collect(&format!("SELECT count(*) FROM \"{}\"", t.name))
+                    match self
+                        .installation
+                        .lake
+                        .table(&current, &t.resource_type)
                         .await
-                        .map_err(sql_error)?;
-                    batches
-                        .first()
-                        .map(|b| b.column(0).as_primitive::<Int64Type>().value(0) as u64)
-                        .unwrap_or(0)
+                        .map_err(BackendError::other)?
+                    {
+                        Some(table) => live_rows(&table),
+                        None => 0,
+                    }
                 } else {
                     0
                 };
@@ -99,6 +100,21 @@ impl QueryBackend for LocalBackend {
     ) -> BoxFuture<'a, Result<Option<SchemaRef>, BackendError>> {
         Box::pin(async move { Ok(self.engine.table(None, table).ok().map(|t| t.schema)) })
     }
+}
+
+/// Live rows of a table from its current snapshot's summary counters.
+fn live_rows(table: &iceberg::table::Table) -> u64 {
+    let Some(snapshot) = table.metadata().current_snapshot() else {
+        return 0;
+    };
+    let props = &snapshot.summary().additional_properties;
+    let get = |k: &str| {
+        props
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get("total-records").saturating_sub(get("total-position-deletes"))
 }
 
 /// A shareable backend.

@@ -11,6 +11,7 @@
 
 mod datastores;
 mod lake_rows;
+pub mod reads;
 mod resources;
 
 pub use datastores::{Datastore, DatastoreStatus};

@@ -1,0 +1,794 @@
+//! Reads for the REST API (current version, a given version, history pages) and conditional
+//! writes that check a resource's current version inside the write transaction.
+//!
+//! The REST API needs optimistic locking (`If-Match`) without a lost update, so the version
+//! check and the insert share one `BEGIN IMMEDIATE` transaction: SQLite's single writer lock
+//! serializes them with every other writer, including [`Store::put_resources`].
+
+use std::collections::HashMap;
+
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::resources::stamp_meta;
+use super::{NewResource, Store, StoreError, WrittenVersion};
+
+/// One stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredVersion {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// FHIR instant in UTC with milliseconds, e.g. `2026-11-27T23:10:00.123Z`.
+    pub last_updated: String,
+    /// True when this version is a deletion.
+    pub deleted: bool,
+    /// The stored JSON (with `meta.versionId`/`meta.lastUpdated`), `None` for a deletion.
+    pub json: Option<String>,
+    /// Change sequence number of this version (global across data stores).
+    pub seq: i64,
+}
+
+/// Which versions a history page covers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryQuery {
+    /// Restrict to one resource type (type and instance level history).
+    pub resource_type: Option<String>,
+    /// Restrict to one resource (instance level history; needs `resource_type`).
+    pub id: Option<String>,
+    /// Only versions with `last_updated >= since`; same format as [`StoredVersion::last_updated`].
+    pub since: Option<String>,
+    /// Page size.
+    pub count: i64,
+    /// Continue below this sequence number (the `next_cursor` of the previous page).
+    pub before_seq: Option<i64>,
+}
+
+/// One page of history, newest version first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub versions: Vec<StoredVersion>,
+    /// Set when more versions follow: pass it as [`HistoryQuery::before_seq`].
+    pub next_cursor: Option<i64>,
+}
+
+/// A write that only applies if the resource's current version is the expected one.
+#[derive(Debug, Clone)]
+pub struct ConditionalWrite {
+    pub resource: NewResource,
+    /// `None`: no condition. `Some(v)`: the current version must be `v`, where a resource that
+    /// never existed has version 0 and a deleted one keeps the version of its deletion.
+    pub expected_version: Option<i64>,
+}
+
+/// The state of a resource just before a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreviousVersion {
+    pub version: i64,
+    pub deleted: bool,
+}
+
+/// What a conditional write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedWrite {
+    pub resource_type: String,
+    pub id: String,
+    /// The version that was current before this write, `None` if the resource never existed.
+    pub previous: Option<PreviousVersion>,
+    /// The new version; `None` when a deletion found nothing live to delete (nothing written).
+    pub written: Option<WrittenVersion>,
+    /// The stored JSON of the new version (with meta stamped); `None` for deletions.
+    pub json: Option<String>,
+}
+
+impl AppliedWrite {
+    /// True when the write brought a resource into existence (it was absent or deleted).
+    pub fn created(&self) -> bool {
+        self.written.is_some() && self.json.is_some() && self.previous.is_none_or(|p| p.deleted)
+    }
+}
+
+/// The current version of a resource is not the one the write expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "version conflict on {resource_type}/{id}: expected version {expected}, current version is {}",
+    current.map_or_else(|| "none (the resource does not exist)".to_string(), |v| v.to_string())
+)]
+pub struct VersionConflict {
+    pub resource_type: String,
+    pub id: String,
+    pub expected: i64,
+    /// `None` when the resource never existed.
+    pub current: Option<i64>,
+}
+
+/// Why a conditional write was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ConditionalWriteError {
+    /// An expected version did not match; nothing was written.
+    #[error(transparent)]
+    Conflict(#[from] VersionConflict),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A type's changes not yet in the lake, for the lake-lag report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingType {
+    pub resource_type: String,
+    /// Latest change sequence of the type in the store.
+    pub store_seq: i64,
+    /// Last sequence the store has recorded as applied to the lake.
+    pub applied_seq: i64,
+    /// Number of versions waiting for the lake.
+    pub pending: i64,
+    /// `last_updated` of the oldest waiting version.
+    pub oldest_pending: String,
+}
+
+const VERSION_COLUMNS: &str =
+    "v.seq, v.resource_type, v.id, v.version, v.last_updated, v.deleted, v.json_zstd";
+
+fn version_from_row(row: &SqliteRow) -> Result<StoredVersion, StoreError> {
+    let resource_type: String = row.get(1);
+    let id: String = row.get(2);
+    let json = match row.get::<Option<Vec<u8>>, _>(6) {
+        Some(blob) => Some(
+            decompress(&blob).map_err(|message| StoreError::CorruptBlob {
+                resource_type: resource_type.clone(),
+                id: id.clone(),
+                message,
+            })?,
+        ),
+        None => None,
+    };
+    Ok(StoredVersion {
+        seq: row.get(0),
+        resource_type,
+        id,
+        version: row.get(3),
+        last_updated: row.get(4),
+        deleted: row.get::<i64, _>(5) != 0,
+        json,
+    })
+}
+
+fn decompress(blob: &[u8]) -> Result<String, String> {
+    let bytes = zstd::stream::decode_all(blob).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| e.to_string())
+}
+
+impl Store {
+    /// The current version of a resource (possibly a deletion), `None` if it never existed.
+    pub async fn read_current(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resources_current c \
+             JOIN resource_versions v ON v.seq = c.seq \
+             WHERE c.datastore_id = ? AND c.resource_type = ? AND c.id = ?"
+        ))
+        .bind(datastore_id)
+        .bind(resource_type)
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(version_from_row).transpose()
+    }
+
+    /// One version of a resource, `None` if that version does not exist.
+    pub async fn read_version(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<StoredVersion>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_versions v \
+             WHERE v.datastore_id = ? AND v.resource_type = ? AND v.id = ? AND v.version = ?"
+        ))
+        .bind(datastore_id)
+        .bind(resource_type)
+        .bind(id)
+        .bind(version)
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(version_from_row).transpose()
+    }
+
+    /// A page of versions, newest first (by change sequence), system-, type- or instance-wide.
+    ///
+    /// Paging is by sequence cursor rather than offset, so writes that land between two page
+    /// requests neither repeat nor skip entries.
+    pub async fn history(
+        &self,
+        datastore_id: &str,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage, StoreError> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {VERSION_COLUMNS} FROM resource_versions v WHERE v.datastore_id = "
+        ));
+        q.push_bind(datastore_id);
+        if let Some(ty) = &query.resource_type {
+            q.push(" AND v.resource_type = ").push_bind(ty.as_str());
+            if let Some(id) = &query.id {
+                q.push(" AND v.id = ").push_bind(id.as_str());
+            }
+        }
+        if let Some(since) = &query.since {
+            q.push(" AND v.last_updated >= ").push_bind(since.as_str());
+        }
+        if let Some(before) = query.before_seq {
+            q.push(" AND v.seq < ").push_bind(before);
+        }
+        let count = query.count.max(1);
+        q.push(" ORDER BY v.seq DESC LIMIT ").push_bind(count + 1);
+        let rows = q.build().fetch_all(self.pool()).await?;
+        let mut versions = rows
+            .iter()
+            .map(version_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next_cursor = if versions.len() as i64 > count {
+            versions.truncate(count as usize);
+            versions.last().map(|v| v.seq)
+        } else {
+            None
+        };
+        Ok(HistoryPage {
+            versions,
+            next_cursor,
+        })
+    }
+
+    /// Latest change sequence of a data store (0 when it has none).
+    pub async fn latest_seq(&self, datastore_id: &str) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COALESCE(MAX(seq), 0) FROM resource_versions WHERE datastore_id = ?",
+        )
+        .bind(datastore_id)
+        .fetch_one(self.pool())
+        .await?)
+    }
+
+    /// Types with versions not yet applied to the lake, with how many and since when.
+    pub async fn pending_lake_changes(
+        &self,
+        datastore_id: &str,
+    ) -> Result<Vec<PendingType>, StoreError> {
+        let mut out = Vec::new();
+        for (resource_type, store_seq) in self.pending_types(datastore_id).await? {
+            let row = sqlx::query(
+                "SELECT COALESCE((SELECT applied_seq FROM lake_state \
+                   WHERE datastore_id = ?1 AND resource_type = ?2), 0)",
+            )
+            .bind(datastore_id)
+            .bind(&resource_type)
+            .fetch_one(self.pool())
+            .await?;
+            let applied_seq: i64 = row.get(0);
+            let row = sqlx::query(
+                "SELECT COUNT(*), MIN(last_updated) FROM resource_versions \
+                 WHERE datastore_id = ? AND resource_type = ? AND seq > ?",
+            )
+            .bind(datastore_id)
+            .bind(&resource_type)
+            .bind(applied_seq)
+            .fetch_one(self.pool())
+            .await?;
+            out.push(PendingType {
+                resource_type,
+                store_seq,
+                applied_seq,
+                pending: row.get(0),
+                oldest_pending: row.get::<Option<String>, _>(1).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes `resource` only if its current version is `expected_version` (see
+    /// [`ConditionalWrite::expected_version`]); the check and the write are one transaction.
+    pub async fn put_if_version(
+        &self,
+        datastore_id: &str,
+        resource: NewResource,
+        expected_version: Option<i64>,
+    ) -> Result<AppliedWrite, ConditionalWriteError> {
+        let mut applied = self
+            .put_checked(
+                datastore_id,
+                vec![ConditionalWrite {
+                    resource,
+                    expected_version,
+                }],
+            )
+            .await?;
+        Ok(applied.remove(0))
+    }
+
+    /// Applies `writes` atomically, in order, after checking every expected version; a single
+    /// mismatch writes nothing. Versions are assigned as in [`Store::put_resources`].
+    ///
+    /// Unlike `put_resources`, deleting a resource that is absent or already deleted writes
+    /// nothing (FHIR: deleting twice does not create a version), reported as `written: None`.
+    pub async fn put_checked(
+        &self,
+        datastore_id: &str,
+        writes: Vec<ConditionalWrite>,
+    ) -> Result<Vec<AppliedWrite>, ConditionalWriteError> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let last_updated = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut tx = self
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
+
+        // Current state of every touched resource, read under the write lock.
+        let mut current: HashMap<(String, String), PreviousVersion> = HashMap::new();
+        for w in &writes {
+            let key = (w.resource.resource_type.clone(), w.resource.id.clone());
+            if current.contains_key(&key) {
+                continue;
+            }
+            let row = sqlx::query(
+                "SELECT version, deleted FROM resources_current \
+                 WHERE datastore_id = ? AND resource_type = ? AND id = ?",
+            )
+            .bind(datastore_id)
+            .bind(&key.0)
+            .bind(&key.1)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            if let Some(row) = row {
+                current.insert(
+                    key,
+                    PreviousVersion {
+                        version: row.get(0),
+                        deleted: row.get::<i64, _>(1) != 0,
+                    },
+                );
+            }
+        }
+
+        let mut next_seq: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM resource_versions")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(StoreError::from)?;
+        let mut applied = Vec::with_capacity(writes.len());
+        for w in writes {
+            let NewResource {
+                resource_type,
+                id,
+                json,
+            } = w.resource;
+            let key = (resource_type.clone(), id.clone());
+            let previous = current.get(&key).copied();
+            if let Some(expected) = w.expected_version {
+                let actual = previous.map_or(0, |p| p.version);
+                if actual != expected {
+                    // Dropping `tx` rolls back everything written so far.
+                    return Err(VersionConflict {
+                        resource_type,
+                        id,
+                        expected,
+                        current: previous.map(|p| p.version),
+                    }
+                    .into());
+                }
+            }
+            if json.is_none() && previous.is_none_or(|p| p.deleted) {
+                applied.push(AppliedWrite {
+                    resource_type,
+                    id,
+                    previous,
+                    written: None,
+                    json: None,
+                });
+                continue;
+            }
+            let version = previous.map_or(0, |p| p.version) + 1;
+            let stored = json
+                .as_deref()
+                .map(|text| stamp_meta(text, version, &last_updated))
+                .transpose()
+                .map_err(|source| StoreError::CorruptJson {
+                    resource_type: resource_type.clone(),
+                    id: id.clone(),
+                    source,
+                })?;
+            let seq = next_seq;
+            next_seq += 1;
+            let blob = stored
+                .as_deref()
+                .map(|s| zstd::bulk::compress(s.as_bytes(), 3))
+                .transpose()
+                .map_err(|e| StoreError::CorruptBlob {
+                    resource_type: resource_type.clone(),
+                    id: id.clone(),
+                    message: format!("cannot compress: {e}"),
+                })?;
+            let deleted = stored.is_none() as i64;
+            sqlx::query(
+                "INSERT INTO resource_versions \
+                 (seq, datastore_id, resource_type, id, version, last_updated, deleted, json_zstd) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(seq)
+            .bind(datastore_id)
+            .bind(&resource_type)
+            .bind(&id)
+            .bind(version)
+            .bind(&last_updated)
+            .bind(deleted)
+            .bind(blob)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            sqlx::query(
+                "INSERT INTO resources_current (datastore_id, resource_type, id, version, seq, deleted) \
+                 VALUES (?, ?, ?, ?, ?, ?) \
+                 ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
+                 version = excluded.version, seq = excluded.seq, deleted = excluded.deleted",
+            )
+            .bind(datastore_id)
+            .bind(&resource_type)
+            .bind(&id)
+            .bind(version)
+            .bind(seq)
+            .bind(deleted)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+            current.insert(
+                key,
+                PreviousVersion {
+                    version,
+                    deleted: deleted != 0,
+                },
+            );
+            applied.push(AppliedWrite {
+                written: Some(WrittenVersion {
+                    resource_type: resource_type.clone(),
+                    id: id.clone(),
+                    version,
+                    last_updated: last_updated.clone(),
+                    seq,
+                }),
+                resource_type,
+                id,
+                previous,
+                json: stored,
+            });
+        }
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(applied)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patient(id: &str, gender: &str) -> NewResource {
+        NewResource {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            json: Some(format!(
+                r#"{{"resourceType":"Patient","id":"{id}","gender":"{gender}"}}"#
+            )),
+        }
+    }
+
+    fn deletion(id: &str) -> NewResource {
+        NewResource {
+            resource_type: "Patient".into(),
+            id: id.into(),
+            json: None,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, Store, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let ds = store.create_datastore("t").await.unwrap();
+        (dir, store, ds.id)
+    }
+
+    #[tokio::test]
+    async fn reads_see_current_versions_and_deletions() {
+        let (_dir, store, ds) = store().await;
+        assert!(
+            store
+                .read_current(&ds, "Patient", "a")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        store
+            .put_resources(&ds, vec![patient("a", "male"), patient("a", "female")])
+            .await
+            .unwrap();
+        let cur = store
+            .read_current(&ds, "Patient", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cur.version, cur.deleted), (2, false));
+        assert!(cur.json.unwrap().contains(r#""gender":"female""#));
+        let v1 = store
+            .read_version(&ds, "Patient", "a", 1)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(v1.json.unwrap().contains(r#""versionId":"1""#));
+        assert!(
+            store
+                .read_version(&ds, "Patient", "a", 3)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        store.put_resources(&ds, vec![deletion("a")]).await.unwrap();
+        let cur = store
+            .read_current(&ds, "Patient", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((cur.version, cur.deleted, cur.json), (3, true, None));
+        // Another data store does not see it.
+        let other = store.create_datastore("u").await.unwrap();
+        assert!(
+            store
+                .read_current(&other.id, "Patient", "a")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[tokio::test]
+    async fn history_pages_newest_first_with_cursor_and_since() {
+        let (_dir, store, ds) = store().await;
+        for i in 0..5 {
+            store
+                .put_resources(
+                    &ds,
+                    vec![patient("a", if i % 2 == 0 { "male" } else { "female" })],
+                )
+                .await
+                .unwrap();
+        }
+        store
+            .put_resources(&ds, vec![patient("b", "male")])
+            .await
+            .unwrap();
+        let mut q = HistoryQuery {
+            resource_type: Some("Patient".into()),
+            id: Some("a".into()),
+            count: 2,
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = store.history(&ds, &q).await.unwrap();
+            assert!(page.versions.len() <= 2);
+            seen.extend(page.versions.iter().map(|v| v.version));
+            match page.next_cursor {
+                Some(c) => q.before_seq = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, [5, 4, 3, 2, 1]);
+
+        let all = store
+            .history(
+                &ds,
+                &HistoryQuery {
+                    count: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(all.versions.len(), 6);
+        assert_eq!(all.versions[0].id, "b");
+        assert!(all.next_cursor.is_none());
+
+        let since = all.versions[0].last_updated.clone();
+        let recent = store
+            .history(
+                &ds,
+                &HistoryQuery {
+                    since: Some(since.clone()),
+                    count: 100,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(recent.versions.iter().all(|v| v.last_updated >= since));
+        assert!(recent.versions.iter().any(|v| v.id == "b"));
+        let future = HistoryQuery {
+            since: Some("2999-01-01T00:00:00.000Z".into()),
+            count: 10,
+            ..Default::default()
+        };
+        assert!(
+            store
+                .history(&ds, &future)
+                .await
+                .unwrap()
+                .versions
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn conditional_writes_check_versions_atomically() {
+        let (_dir, store, ds) = store().await;
+        // Create only if absent: expected version 0.
+        let w = store
+            .put_if_version(&ds, patient("a", "male"), Some(0))
+            .await
+            .unwrap();
+        assert!(w.created());
+        assert_eq!(w.written.as_ref().unwrap().version, 1);
+        assert!(w.json.as_deref().unwrap().contains(r#""versionId":"1""#));
+        let err = store
+            .put_if_version(&ds, patient("a", "male"), Some(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            ConditionalWriteError::Conflict(VersionConflict {
+                expected: 0,
+                current: Some(1),
+                ..
+            })
+        ));
+        // A failing item rolls back the whole group.
+        let err = store
+            .put_checked(
+                &ds,
+                vec![
+                    ConditionalWrite {
+                        resource: patient("b", "male"),
+                        expected_version: None,
+                    },
+                    ConditionalWrite {
+                        resource: patient("a", "female"),
+                        expected_version: Some(7),
+                    },
+                ],
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConditionalWriteError::Conflict(_)));
+        assert!(
+            store
+                .read_current(&ds, "Patient", "b")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let w = store
+            .put_if_version(&ds, patient("a", "female"), Some(1))
+            .await
+            .unwrap();
+        assert!(!w.created());
+        assert_eq!(
+            w.previous,
+            Some(PreviousVersion {
+                version: 1,
+                deleted: false
+            })
+        );
+        // Deleting: once writes a version, twice writes nothing.
+        let d = store
+            .put_if_version(&ds, deletion("a"), None)
+            .await
+            .unwrap();
+        assert_eq!(d.written.unwrap().version, 3);
+        let d = store
+            .put_if_version(&ds, deletion("a"), None)
+            .await
+            .unwrap();
+        assert!(d.written.is_none());
+        let d = store
+            .put_if_version(&ds, deletion("never"), None)
+            .await
+            .unwrap();
+        assert!(d.written.is_none() && d.previous.is_none());
+        assert!(
+            store
+                .read_current(&ds, "Patient", "never")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // Re-creating a deleted resource counts as a create.
+        let w = store
+            .put_if_version(&ds, patient("a", "male"), Some(3))
+            .await
+            .unwrap();
+        assert!(w.created());
+        assert_eq!(w.written.unwrap().version, 4);
+    }
+
+    #[tokio::test]
+    async fn concurrent_updates_with_the_same_expected_version_have_one_winner() {
+        let (_dir, store, ds) = store().await;
+        store
+            .put_resources(&ds, vec![patient("a", "male")])
+            .await
+            .unwrap();
+        let attempt = |store: Store, ds: String, n: usize, expected: i64| async move {
+            store
+                .put_if_version(
+                    &ds,
+                    patient("a", if n % 2 == 0 { "male" } else { "female" }),
+                    Some(expected),
+                )
+                .await
+        };
+        let tasks: Vec<_> = (0..50)
+            .map(|n| tokio::spawn(attempt(store.clone(), ds.clone(), n, 1)))
+            .collect();
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.unwrap() {
+                Ok(w) => {
+                    wins += 1;
+                    assert_eq!(w.written.unwrap().version, 2);
+                }
+                Err(ConditionalWriteError::Conflict(c)) => assert_eq!(c.current, Some(2)),
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert_eq!(wins, 1);
+
+        // Retrying writers: every success gets its own version, none is lost.
+        let tasks: Vec<_> = (0..50)
+            .map(|n| {
+                let (store, ds) = (store.clone(), ds.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let cur = store
+                            .read_current(&ds, "Patient", "a")
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        match attempt(store.clone(), ds.clone(), n, cur.version).await {
+                            Ok(w) => return w.written.unwrap().version,
+                            Err(ConditionalWriteError::Conflict(_)) => continue,
+                            Err(e) => panic!("unexpected error: {e}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for t in tasks {
+            versions.push(t.await.unwrap());
+        }
+        versions.sort();
+        assert_eq!(versions, (3..=52).collect::<Vec<_>>());
+        let cur = store
+            .read_current(&ds, "Patient", "a")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(cur.version, 52);
+    }
+}
