@@ -10,7 +10,7 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::outcome::{Issue, OperationOutcome};
-use crate::schema::{Field, Kind, Registry, ResourceSchema};
+use crate::schema::{Field, FieldList, Kind, Registry, ResourceSchema};
 
 /// A resource that passed validation.
 #[derive(Debug, Clone)]
@@ -52,7 +52,7 @@ pub fn validate_resource(text: &str) -> Result<ValidResource, OperationOutcome> 
     let rt = schema.resource_type.as_str();
     check_object(
         obj,
-        &schema.fields,
+        schema.columns(),
         &format!("/{rt}"),
         rt,
         true,
@@ -115,7 +115,7 @@ fn resource_schema(obj: &Map<String, Value>) -> Result<Arc<ResourceSchema>, Oper
 
 fn check_object(
     obj: &Map<String, Value>,
-    fields: &[Field],
+    fields: FieldList<'_>,
     location: &str,
     expression: &str,
     top_level: bool,
@@ -125,7 +125,10 @@ fn check_object(
         if top_level && key == "resourceType" {
             continue;
         }
-        let field = fields.iter().find(|f| f.name == *key && f.fhir != "system");
+        let field = fields
+            .get(key)
+            .map(|(_, f)| f)
+            .filter(|f| f.fhir != "system");
         let Some(field) = field else {
             issues.push(
                 Issue::processing(format!("Unrecognised property '@{key}'"))
@@ -202,7 +205,7 @@ fn check_value(value: &Value, field: &Field, loc: &str, expr: &str, issues: &mut
         Kind::Json => "an object",
         Kind::Struct => match value {
             Value::Object(obj) => {
-                check_object(obj, &field.fields, loc, expr, false, issues);
+                check_object(obj, field.children(), loc, expr, false, issues);
                 return;
             }
             _ => "an object",

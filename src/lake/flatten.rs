@@ -13,7 +13,7 @@ use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
 
 use crate::schema::{
-    Field, Kind, LAST_UPDATED_COLUMN, RESOURCE_COLUMN, ResourceSchema, VERSION_COLUMN,
+    Field, FieldList, Kind, LAST_UPDATED_COLUMN, RESOURCE_COLUMN, ResourceSchema, VERSION_COLUMN,
 };
 
 /// Errors flattening resources.
@@ -52,7 +52,7 @@ pub fn flatten(
                 "not an object".into(),
             ));
         };
-        let mut row = normalize_object(obj, &schema.fields, Some(&mut presence));
+        let mut row = normalize_object(obj, schema.columns(), Some(&mut presence));
         for (i, f) in schema.fields.iter().enumerate() {
             let v: Option<Value> = match f.name.as_str() {
                 RESOURCE_COLUMN => Some(Value::String(input.json.to_string())),
@@ -113,16 +113,15 @@ pub fn flatten(
 /// fields are present.
 fn normalize_object(
     obj: Map<String, Value>,
-    fields: &[Field],
+    fields: FieldList<'_>,
     presence: Option<&mut [bool]>,
 ) -> Map<String, Value> {
     let mut presence = presence;
     let mut out = Map::with_capacity(obj.len());
     for (key, value) in obj {
-        let Some(i) = fields.iter().position(|f| f.name == key) else {
+        let Some((i, field)) = fields.get(&key) else {
             continue;
         };
-        let field = &fields[i];
         if field.fhir == "system" || value.is_null() {
             continue;
         }
@@ -152,7 +151,7 @@ fn normalize_value(value: Value, field: &Field) -> Value {
         (_, Value::Null) => Value::Null,
         (Kind::Json, v) => Value::String(v.to_string()),
         (Kind::Struct, Value::Object(obj)) => {
-            Value::Object(normalize_object(obj, &field.fields, None))
+            Value::Object(normalize_object(obj, field.children(), None))
         }
         (_, v) => v,
     }

@@ -561,11 +561,7 @@ impl Definitions {
         fields.push(system_field(VERSION_COLUMN, Kind::Long));
         fields.push(system_field(LAST_UPDATED_COLUMN, Kind::Timestamp));
         check_names(&resource_type, &resource_type, &fields)?;
-        let mut schema = ResourceSchema {
-            resource_type,
-            fhir_version: FHIR_VERSION.to_string(),
-            fields,
-        };
+        let mut schema = ResourceSchema::new(resource_type, FHIR_VERSION, fields);
         schema.assign_iceberg_ids();
         if schema.max_field_id() >= ICEBERG_RESERVED_IDS {
             return Err(GenerateError::IdOverflow(schema.resource_type));
@@ -618,28 +614,12 @@ fn system_kind(name: &str) -> Kind {
 }
 
 fn system_field(name: &str, kind: Kind) -> Field {
-    Field {
-        id: 0,
-        name: name.to_string(),
-        kind,
-        fhir: SYSTEM_FHIR.to_string(),
-        list: false,
-        element_id: None,
-        fields: Vec::new(),
-    }
+    Field::new(0, name, kind, SYSTEM_FHIR, false, Vec::new())
 }
 
 /// A field before id assignment; `element_id` is filled in by [`ResourceSchema::assign_iceberg_ids`].
 fn field(name: String, kind: Kind, fhir: &str, list: bool, fields: Vec<Field>) -> Field {
-    Field {
-        id: 0,
-        name,
-        kind,
-        fhir: fhir.to_string(),
-        list,
-        element_id: None,
-        fields,
-    }
+    Field::new(0, name, kind, fhir, list, fields)
 }
 
 /// Iceberg reserves field ids from here up for metadata columns.

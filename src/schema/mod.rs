@@ -71,6 +71,9 @@ pub struct Field {
     /// Child fields, present exactly when `kind` is [`Kind::Struct`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<Field>,
+    /// Position of each child by name, built on first lookup.
+    #[serde(skip)]
+    index: NameIndex,
 }
 
 /// The full table schema of one resource type.
@@ -82,9 +85,95 @@ pub struct ResourceSchema {
     pub fhir_version: String,
     /// Top-level columns in table order: the resource's elements, then the system columns.
     pub fields: Vec<Field>,
+    /// Position of each column by name, built on first lookup.
+    #[serde(skip)]
+    index: NameIndex,
+}
+
+/// A list of sibling fields with O(1) lookup by name: a struct's children or a table's
+/// columns.
+#[derive(Clone, Copy)]
+pub struct FieldList<'a> {
+    fields: &'a [Field],
+    index: &'a NameIndex,
+}
+
+impl<'a> FieldList<'a> {
+    /// The field named `name` and its position.
+    pub fn get(&self, name: &str) -> Option<(usize, &'a Field)> {
+        self.index
+            .position(self.fields, name)
+            .map(|i| (i, &self.fields[i]))
+    }
+
+    pub fn as_slice(&self) -> &'a [Field] {
+        self.fields
+    }
+}
+
+/// A lazily built name -> position map over a field list. Ingest looks up every JSON
+/// property by name, so this keeps validation and flattening linear in the document size.
+/// It is derived data: equality and cloning ignore it.
+#[derive(Default)]
+struct NameIndex(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
+
+impl NameIndex {
+    fn position(&self, fields: &[Field], name: &str) -> Option<usize> {
+        self.0
+            .get_or_init(|| {
+                fields
+                    .iter()
+                    .enumerate()
+                    .map(|(i, f)| (f.name.clone(), i))
+                    .collect()
+            })
+            .get(name)
+            .copied()
+    }
+}
+
+impl Clone for NameIndex {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for NameIndex {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for NameIndex {}
+
+impl std::fmt::Debug for NameIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NameIndex")
+    }
 }
 
 impl Field {
+    /// A field without an element id (set by [`ResourceSchema::assign_iceberg_ids`] for lists).
+    pub fn new(
+        id: i32,
+        name: impl Into<String>,
+        kind: Kind,
+        fhir: impl Into<String>,
+        list: bool,
+        fields: Vec<Field>,
+    ) -> Self {
+        Self {
+            id,
+            name: name.into(),
+            kind,
+            fhir: fhir.into(),
+            list,
+            element_id: None,
+            fields,
+            index: NameIndex::default(),
+        }
+    }
+
     /// Arrow type of the stored value (the element type, wrapped in a list when repeated).
     pub fn arrow_type(&self) -> DataType {
         let element = self.element_arrow_type();
@@ -121,7 +210,20 @@ impl Field {
 
     /// Child field by exact JSON name.
     pub fn child(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.name == name)
+        self.child_position(name).map(|i| &self.fields[i])
+    }
+
+    /// Position of a child field by exact JSON name.
+    pub fn child_position(&self, name: &str) -> Option<usize> {
+        self.index.position(&self.fields, name)
+    }
+
+    /// The child fields, indexed by name.
+    pub fn children(&self) -> FieldList<'_> {
+        FieldList {
+            fields: &self.fields,
+            index: &self.index,
+        }
     }
 
     /// Number of leaf (non-struct) values below and including this field.
@@ -134,6 +236,19 @@ impl Field {
 }
 
 impl ResourceSchema {
+    pub fn new(
+        resource_type: impl Into<String>,
+        fhir_version: impl Into<String>,
+        fields: Vec<Field>,
+    ) -> Self {
+        Self {
+            resource_type: resource_type.into(),
+            fhir_version: fhir_version.into(),
+            fields,
+            index: NameIndex::default(),
+        }
+    }
+
     /// Arrow schema of the full table, with Iceberg field ids in the field metadata.
     pub fn arrow_schema(&self) -> ArrowSchema {
         ArrowSchema::new(self.fields.iter().map(Field::to_arrow).collect::<Vec<_>>())
@@ -141,7 +256,20 @@ impl ResourceSchema {
 
     /// Top-level field by exact JSON name.
     pub fn field(&self, name: &str) -> Option<&Field> {
-        self.fields.iter().find(|f| f.name == name)
+        self.field_position(name).map(|i| &self.fields[i])
+    }
+
+    /// Position of a top-level field by exact JSON name.
+    pub fn field_position(&self, name: &str) -> Option<usize> {
+        self.index.position(&self.fields, name)
+    }
+
+    /// The top-level columns, indexed by name.
+    pub fn columns(&self) -> FieldList<'_> {
+        FieldList {
+            fields: &self.fields,
+            index: &self.index,
+        }
     }
 
     /// Number of leaf columns of the full table.

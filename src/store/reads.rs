@@ -737,7 +737,7 @@ mod tests {
             store
                 .put_if_version(
                     &ds,
-                    patient("a", if n % 2 == 0 { "male" } else { "female" }),
+                    patient("a", if n.is_multiple_of(2) { "male" } else { "female" }),
                     Some(expected),
                 )
                 .await
