@@ -111,12 +111,12 @@ examples = {
 }
 print(f"\n{'query':<8} {'fhirlake median ms':>19} {'rows':>8} {'DuckDB median ms':>17} {'rows':>8}")
 for q, fname in examples.items():
-    sql = (root / "sql-examples" / fname).read_text()
+    sql_file = root / "sql-examples" / fname
     times = []
     n = 0
     for _ in range(RUNS):
         t0 = time.perf_counter()
-        out = subprocess.run([str(binary), "--data-dir", str(data_dir), "sql", "--format", "csv", "-e", sql],
+        out = subprocess.run([str(binary), "--data-dir", str(data_dir), "sql", "--format", "csv", "-f", str(sql_file)],
                              check=True, capture_output=True, text=True).stdout
         times.append(time.perf_counter() - t0)
         n = max(0, len(out.strip().splitlines()) - 1)

@@ -3,6 +3,7 @@
 //! Data flows one way: [`ingest`] validates and versions resources into the [`store`], the
 //! [`lake`] committer turns store changes into Iceberg commits, and [`sql`] serves the tables.
 
+pub mod api;
 pub mod cli;
 pub mod ingest;
 pub mod installation;

@@ -54,7 +54,12 @@ enum Command {
         #[arg(long)]
         datastore: Option<String>,
         /// Run these statements and exit.
-        #[arg(short = 'e', long = "execute", conflicts_with = "file")]
+        #[arg(
+            short = 'e',
+            long = "execute",
+            conflicts_with = "file",
+            allow_hyphen_values = true
+        )]
         execute: Option<String>,
         /// Run the statements of this file and exit.
         #[arg(short = 'f', long)]
@@ -65,6 +70,15 @@ enum Command {
         /// Write results to this file instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
+    },
+    /// Serve the FHIR R4 REST API (one base URL per data store).
+    Serve {
+        /// Address to listen on (port 0 picks a free one).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        http: std::net::SocketAddr,
+        /// Largest accepted request body; larger ones get 413.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_body_bytes: usize,
     },
     /// The demo: load the shipped Synthea sample (once) and open the SQL REPL.
     Demo {
@@ -89,14 +103,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The server logs each request; interactive commands only warnings. FHIRLAKE_LOG overrides.
+    let default_filter = match cli.command {
+        Command::Serve { .. } => "info,sqlx=error",
+        _ => "warn,sqlx=error",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FHIRLAKE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,6 +167,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::SUCCESS)
                 }
             }
+        }
+        Command::Serve {
+            http,
+            max_body_bytes,
+        } => {
+            let inst = Installation::open(&cli.data_dir).await?;
+            // Make sure the default data store exists, so a fresh installation serves it.
+            inst.datastore(None).await?;
+            let config = fhirlake::api::ApiConfig {
+                body_limit: max_body_bytes,
+                ..Default::default()
+            };
+            fhirlake::api::serve(inst, http, config, fhirlake::api::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sample } => {
             let inst = Installation::open(&cli.data_dir).await?;

@@ -31,9 +31,11 @@ pub struct BatchLimits {
 
 impl Default for BatchLimits {
     fn default() -> Self {
+        // Parsed JSON takes several times its text size in memory; these bounds keep a sync
+        // of any backlog well under 1 GB.
         Self {
-            max_changes: 50_000,
-            max_json_bytes: 96 << 20,
+            max_changes: 20_000,
+            max_json_bytes: 24 << 20,
         }
     }
 }

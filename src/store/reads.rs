@@ -245,9 +245,20 @@ impl Store {
     }
 
     /// Latest change sequence of a data store (0 when it has none).
+    ///
+    /// A skip-scan over the (datastore, type, seq) index: one seek per resource type instead
+    /// of reading every version of the data store.
     pub async fn latest_seq(&self, datastore_id: &str) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT COALESCE(MAX(seq), 0) FROM resource_versions WHERE datastore_id = ?",
+            "WITH RECURSIVE types(rt) AS ( \
+               SELECT MIN(resource_type) FROM resource_versions WHERE datastore_id = ?1 \
+               UNION ALL \
+               SELECT (SELECT MIN(resource_type) FROM resource_versions \
+                       WHERE datastore_id = ?1 AND resource_type > types.rt) \
+               FROM types WHERE types.rt IS NOT NULL) \
+             SELECT COALESCE(MAX((SELECT MAX(seq) FROM resource_versions \
+                                  WHERE datastore_id = ?1 AND resource_type = types.rt)), 0) \
+             FROM types WHERE rt IS NOT NULL",
         )
         .bind(datastore_id)
         .fetch_one(self.pool())
@@ -279,13 +290,17 @@ impl Store {
             .bind(applied_seq)
             .fetch_one(self.pool())
             .await?;
-            out.push(PendingType {
-                resource_type,
-                store_seq,
-                applied_seq,
-                pending: row.get(0),
-                oldest_pending: row.get::<Option<String>, _>(1).unwrap_or_default(),
-            });
+            let pending: i64 = row.get(0);
+            // The sync may have caught up between the two queries.
+            if pending > 0 {
+                out.push(PendingType {
+                    resource_type,
+                    store_seq,
+                    applied_seq,
+                    pending,
+                    oldest_pending: row.get::<Option<String>, _>(1).unwrap_or_default(),
+                });
+            }
         }
         Ok(out)
     }
@@ -602,6 +617,9 @@ mod tests {
             .unwrap();
         assert_eq!(all.versions.len(), 6);
         assert_eq!(all.versions[0].id, "b");
+        assert_eq!(store.latest_seq(&ds).await.unwrap(), all.versions[0].seq);
+        let other = store.create_datastore("u").await.unwrap();
+        assert_eq!(store.latest_seq(&other.id).await.unwrap(), 0);
         assert!(all.next_cursor.is_none());
 
         let since = all.versions[0].last_updated.clone();
@@ -737,7 +755,14 @@ mod tests {
             store
                 .put_if_version(
                     &ds,
-                    patient("a", if n.is_multiple_of(2) { "male" } else { "female" }),
+                    patient(
+                        "a",
+                        if n.is_multiple_of(2) {
+                            "male"
+                        } else {
+                            "female"
+                        },
+                    ),
                     Some(expected),
                 )
                 .await

@@ -208,18 +208,33 @@ impl Store {
         &self,
         datastore_id: &str,
     ) -> Result<Vec<(String, i64)>, StoreError> {
+        // Skip-scan the (datastore_id, resource_type, seq) index: one seek per type instead
+        // of a scan over every version (the background sync calls this every interval).
         let rows = sqlx::query(
-            "SELECT v.resource_type, MAX(v.seq) FROM resource_versions v \
-             LEFT JOIN lake_state s ON s.datastore_id = v.datastore_id AND s.resource_type = v.resource_type \
-             WHERE v.datastore_id = ? AND v.seq > COALESCE(s.applied_seq, 0) \
-             GROUP BY v.resource_type ORDER BY v.resource_type",
+            "WITH RECURSIVE types(t) AS ( \
+               SELECT MIN(resource_type) FROM resource_versions WHERE datastore_id = ?1 \
+               UNION ALL \
+               SELECT (SELECT MIN(resource_type) FROM resource_versions \
+                       WHERE datastore_id = ?1 AND resource_type > t) FROM types WHERE t IS NOT NULL) \
+             SELECT t, \
+               (SELECT MAX(seq) FROM resource_versions WHERE datastore_id = ?1 AND resource_type = t), \
+               COALESCE((SELECT applied_seq FROM lake_state WHERE datastore_id = ?1 AND resource_type = t), 0) \
+             FROM types WHERE t IS NOT NULL",
         )
         .bind(datastore_id)
         .fetch_all(self.pool())
         .await?;
         Ok(rows
             .into_iter()
-            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .map(|r| {
+                (
+                    r.get::<String, _>(0),
+                    r.get::<i64, _>(1),
+                    r.get::<i64, _>(2),
+                )
+            })
+            .filter(|(_, latest, applied)| latest > applied)
+            .map(|(t, latest, _)| (t, latest))
             .collect())
     }
 

@@ -1,0 +1,445 @@
+//! HTTP routing: paths to interactions, plus the layers every request passes (request id,
+//! tracing, body limit, panic catching, and the guarantee that errors are OperationOutcomes).
+
+use std::collections::HashSet;
+
+use axum::Router;
+use axum::body::{Body as AxumBody, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::http::header::{self, HeaderMap};
+use axum::http::{StatusCode, Uri};
+use axum::middleware;
+use axum::response::Response;
+use axum::routing::{delete, get, post, put};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use super::ApiState;
+use super::capability::{Interaction, SUPPORTED};
+use super::error::ApiError;
+use super::format::{
+    self, Format, Params, ReturnPreference, check_content_type, negotiate, render,
+};
+use super::interactions::{self as ix, Ctx, ReadConditions};
+use super::{bundle, capability, lake_status};
+
+/// Header carrying the request id (set when the client sends none, echoed in the response).
+const REQUEST_ID: &str = "x-request-id";
+
+pub(super) fn router(state: ApiState) -> Router {
+    let body_limit = state.config().body_limit;
+    let base = "/datastore/{ds}/r4";
+    let mut routes = Router::new()
+        .route("/metadata", get(root_metadata))
+        .route(&format!("{base}/$lake-status"), get(lake_status_handler));
+    // One route per advertised interaction: the CapabilityStatement is generated from the
+    // same table, so the two cannot disagree.
+    let mut seen = HashSet::new();
+    for interaction in SUPPORTED {
+        let path = format!("{base}{}", interaction.path());
+        if !seen.insert((interaction.method(), path.clone())) {
+            continue;
+        }
+        let handler = match interaction {
+            Interaction::Read => get(read),
+            Interaction::Vread => get(vread),
+            Interaction::Update => put(update),
+            Interaction::Delete => delete(delete_handler),
+            Interaction::HistoryInstance => get(instance_history),
+            Interaction::HistoryType => get(type_history),
+            Interaction::Create => post(create),
+            Interaction::Transaction | Interaction::Batch => post(system_post),
+            Interaction::HistorySystem => get(system_history),
+            Interaction::Capabilities => get(metadata),
+        };
+        if let Some(without_slash) = path.strip_suffix('/') {
+            routes = routes.route(without_slash, handler.clone());
+        }
+        routes = routes.route(&path, handler);
+    }
+    let routes = routes
+        .fallback(unknown_path)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state);
+    let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
+    routes
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::map_response(ensure_outcome))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request<AxumBody>| {
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!(
+                        "request",
+                        id = %id,
+                        method = %req.method(),
+                        uri = %req.uri()
+                    )
+                })
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(tower_http::LatencyUnit::Micros),
+                ),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Parsed common request context; an `Err` is the finished error response.
+struct Prepared {
+    ctx: Ctx,
+    format: Format,
+    params: Params,
+}
+
+fn prepare(
+    state: &ApiState,
+    ds_id: &str,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Prepared, Box<Response>> {
+    let params = Params::parse(query);
+    let format =
+        negotiate(headers, &params).map_err(|e| Box::new(render(Err(e), Format::default(), "")))?;
+    let Some(ds) = state.datastore(ds_id) else {
+        return Err(Box::new(render(
+            Err(ApiError::not_found(format!(
+                "No data store with id '{ds_id}'"
+            ))),
+            format,
+            "",
+        )));
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or(state.default_host());
+    let base = format!("http://{host}/datastore/{}/r4", ds.id);
+    Ok(Prepared {
+        ctx: Ctx {
+            state: state.clone(),
+            ds: ds.clone(),
+            base,
+        },
+        format,
+        params,
+    })
+}
+
+macro_rules! prepared {
+    ($state:expr, $ds:expr, $headers:expr, $query:expr) => {
+        match prepare(&$state, &$ds, &$headers, $query.as_deref()) {
+            Ok(p) => p,
+            Err(response) => return *response,
+        }
+    };
+}
+
+/// The body of a write, with the Content-Type and size checks.
+fn write_body(headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    check_content_type(headers)?;
+    body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(
+                "The request body is larger than this server's limit (see --max-body-bytes)",
+            )
+        } else {
+            ApiError::new(
+                status,
+                ApiError::code_for_status(status),
+                format!("Cannot read the request body: {}", rejection.body_text()),
+            )
+        }
+    })
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn read_conditions(headers: &HeaderMap) -> ReadConditions {
+    ReadConditions {
+        if_none_match: header_str(headers, header::IF_NONE_MATCH).map(String::from),
+        if_modified_since: header_str(headers, header::IF_MODIFIED_SINCE).map(String::from),
+    }
+}
+
+fn type_of(name: &str) -> Result<&'static str, ApiError> {
+    ix::resource_type(name)
+}
+
+async fn root_metadata(
+    State(state): State<ApiState>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let params = Params::parse(query.as_deref());
+    let format = match negotiate(&headers, &params) {
+        Ok(f) => f,
+        Err(e) => return render(Err(e), Format::default(), ""),
+    };
+    let host = header_str(&headers, header::HOST).unwrap_or(state.default_host());
+    render(
+        capability::reply(&format!("http://{host}"), None),
+        format,
+        "",
+    )
+}
+
+async fn metadata(
+    State(state): State<ApiState>,
+    Path(ds): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    render(
+        capability::reply(&p.ctx.base, Some(&p.ctx.ds)),
+        p.format,
+        &p.ctx.base,
+    )
+}
+
+async fn lake_status_handler(
+    State(state): State<ApiState>,
+    Path(ds): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    render(lake_status::reply(&p.ctx).await, p.format, &p.ctx.base)
+}
+
+async fn system_post(
+    State(state): State<ApiState>,
+    Path(ds): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let body = write_body(&headers, body)?;
+        bundle::process(&p.ctx, &body, ReturnPreference::from_headers(&headers)).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn create(
+    State(state): State<ApiState>,
+    Path((ds, ty)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        let body = write_body(&headers, body)?;
+        ix::create(
+            &p.ctx,
+            ty,
+            &body,
+            header_str(&headers, header::HeaderName::from_static("if-none-exist")),
+            ReturnPreference::from_headers(&headers),
+        )
+        .await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn read(
+    State(state): State<ApiState>,
+    Path((ds, ty, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        ix::read(&p.ctx, ty, &id, &read_conditions(&headers)).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn vread(
+    State(state): State<ApiState>,
+    Path((ds, ty, id, vid)): Path<(String, String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        ix::vread(&p.ctx, ty, &id, &vid, &read_conditions(&headers)).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn update(
+    State(state): State<ApiState>,
+    Path((ds, ty, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        let if_match = ix::parse_if_match(header_str(&headers, header::IF_MATCH))?;
+        let body = write_body(&headers, body)?;
+        ix::update(
+            &p.ctx,
+            ty,
+            &id,
+            &body,
+            if_match,
+            ReturnPreference::from_headers(&headers),
+        )
+        .await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn delete_handler(
+    State(state): State<ApiState>,
+    Path((ds, ty, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        let if_match = ix::parse_if_match(header_str(&headers, header::IF_MATCH))?;
+        ix::delete(&p.ctx, ty, &id, if_match).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn system_history(
+    State(state): State<ApiState>,
+    Path(ds): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = ix::history(&p.ctx, None, None, &p.params).await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn type_history(
+    State(state): State<ApiState>,
+    Path((ds, ty)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        ix::history(&p.ctx, Some(ty), None, &p.params).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn instance_history(
+    State(state): State<ApiState>,
+    Path((ds, ty, id)): Path<(String, String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        ix::history(&p.ctx, Some(ty), Some(&id), &p.params).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn unknown_path(uri: Uri) -> Response {
+    render(
+        Err(ApiError::not_found(format!(
+            "Unknown path '{}': FHIR endpoints live under /datastore/{{datastoreId}}/r4/",
+            uri.path()
+        ))),
+        Format::default(),
+        "",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    render(Err(ApiError::method_not_allowed()), Format::default(), "")
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    render(
+        Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            "Internal server error: the request handler failed unexpectedly",
+        )),
+        Format::default(),
+        "",
+    )
+}
+
+/// Turns any error response that is not JSON yet (axum's own rejections, for instance) into
+/// an OperationOutcome with the same status.
+async fn ensure_outcome(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(format::FHIR_JSON) || v.starts_with("application/json"));
+    if is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 << 10)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let diagnostics = if text.is_empty() {
+        status.canonical_reason().unwrap_or("Error").to_string()
+    } else {
+        text
+    };
+    let mut fixed = render(
+        Err(ApiError::new(
+            status,
+            ApiError::code_for_status(status),
+            diagnostics,
+        )),
+        Format::default(),
+        "",
+    );
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
+}
