@@ -17,6 +17,10 @@ use fhirlake::lake::background::BackgroundSync;
 use fhirlake::lake::compact::{CompactionPolicy, compact_table};
 use fhirlake::lake::sync::{BatchLimits, sync_datastore};
 
+/// Ingest allocates many small JSON values; mimalloc handles that churn far better than glibc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fhirlake",

@@ -8,15 +8,13 @@
 //! and drops every old one in one atomic swap.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Schema as ArrowSchema;
+use arrow::array::{Array, AsArray};
 use futures::TryStreamExt;
 use iceberg::spec::{DataContentType, DataFile, ManifestList};
 use iceberg::table::Table;
 
-use super::write::write_data_file;
+use super::write::DataFileWriter;
 use super::{Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
 use crate::schema::{Field, Registry};
 use crate::store::{AddedFile, Datastore, Store};
@@ -121,26 +119,34 @@ pub async fn compact_table(
         .build()?
         .to_arrow()
         .await?;
+    // Stream the live rows into new files, rolling at `rows_per_file`; only one batch is in
+    // memory at a time.
     let mut new_files: Vec<DataFile> = Vec::new();
     let mut added: Vec<AddedFile> = Vec::new();
-    let mut pending: Vec<RecordBatch> = Vec::new();
-    let mut pending_rows = 0;
+    let mut current: Option<(DataFileWriter, Vec<String>)> = None;
     let mut rows = 0;
-    // The reader's batches carry the Iceberg schema of the selected columns, field ids included.
-    let mut target: Option<Arc<ArrowSchema>> = None;
     while let Some(batch) = stream.try_next().await? {
-        let target = target.get_or_insert_with(|| batch.schema()).clone();
-        let batch = RecordBatch::try_new(target.clone(), batch.columns().to_vec())?;
-        pending_rows += batch.num_rows();
+        if current.is_none() {
+            current = Some((
+                DataFileWriter::open(&table, batch.schema_ref()).await?,
+                Vec::new(),
+            ));
+        }
+        let (writer, ids) = current.as_mut().expect("opened above");
+        let id_col = batch
+            .column_by_name("id")
+            .expect("id is always selected")
+            .as_string::<i32>();
+        ids.extend((0..id_col.len()).map(|i| id_col.value(i).to_string()));
+        writer.write(&batch).await?;
         rows += batch.num_rows();
-        pending.push(batch);
-        if pending_rows >= policy.rows_per_file {
-            flush(&table, &target, &mut pending, &mut new_files, &mut added).await?;
-            pending_rows = 0;
+        if writer.rows() >= policy.rows_per_file {
+            let (writer, ids) = current.take().expect("open");
+            finish(writer, ids, &mut new_files, &mut added).await?;
         }
     }
-    if let (false, Some(target)) = (pending.is_empty(), &target) {
-        flush(&table, target, &mut pending, &mut new_files, &mut added).await?;
+    if let Some((writer, ids)) = current.take() {
+        finish(writer, ids, &mut new_files, &mut added).await?;
     }
 
     let watermark = table_watermark(&table);
@@ -185,21 +191,13 @@ fn collect_ids(field: &Field, top: usize, out: &mut HashMap<i32, usize>) {
     }
 }
 
-async fn flush(
-    table: &Table,
-    schema: &Arc<ArrowSchema>,
-    pending: &mut Vec<RecordBatch>,
+async fn finish(
+    writer: DataFileWriter,
+    ids: Vec<String>,
     new_files: &mut Vec<DataFile>,
     added: &mut Vec<AddedFile>,
 ) -> Result<(), LakeError> {
-    let batch = arrow::compute::concat_batches(schema, pending.iter())?;
-    pending.clear();
-    let ids = batch
-        .column_by_name("id")
-        .expect("id is always kept")
-        .as_string::<i32>();
-    let ids: Vec<String> = (0..ids.len()).map(|i| ids.value(i).to_string()).collect();
-    let file = write_data_file(table, &batch).await?;
+    let file = writer.finish().await?;
     added.push(AddedFile {
         path: file.file_path().to_string(),
         ids,

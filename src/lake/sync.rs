@@ -17,10 +17,13 @@ use parquet::arrow::ProjectionMask;
 
 use super::compact::{Compaction, CompactionPolicy, compact_table, live_files};
 use super::flatten::{FlatInput, flatten};
-use super::write::{write_data_file, write_position_deletes};
+use super::write::{DataFileWriter, write_position_deletes};
 use super::{Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
 use crate::schema::Registry;
 use crate::store::{AddedFile, Change, Datastore, LakeCommitRecord, Store};
+
+/// Resources flattened into one Arrow batch at a time.
+const FLATTEN_SLICE: usize = 2000;
 
 /// Limits of one micro-batch (one Iceberg commit).
 #[derive(Debug, Clone, Copy)]
@@ -129,17 +132,22 @@ pub async fn sync_table(
         let mut changes_out = TableChanges::default();
         let mut added_files = Vec::new();
         if !live.is_empty() {
-            let inputs: Vec<FlatInput<'_>> = live
-                .iter()
-                .map(|c| FlatInput {
-                    id: &c.id,
-                    version: c.version,
-                    last_updated: &c.last_updated,
-                    json: c.json.as_deref().expect("live"),
-                })
-                .collect();
-            let batch = flatten(&schema, &inputs)?;
-            let file = write_data_file(&table, &batch).await?;
+            // Flatten and write in slices: only one slice's parsed JSON and Arrow arrays are
+            // in memory at a time, whatever the batch size.
+            let mut writer = DataFileWriter::open(&table, &schema.arrow_schema()).await?;
+            for slice in live.chunks(FLATTEN_SLICE) {
+                let inputs: Vec<FlatInput<'_>> = slice
+                    .iter()
+                    .map(|c| FlatInput {
+                        id: &c.id,
+                        version: c.version,
+                        last_updated: &c.last_updated,
+                        json: c.json.as_deref().expect("live"),
+                    })
+                    .collect();
+                writer.write(&flatten(&schema, &inputs)?).await?;
+            }
+            let file = writer.finish().await?;
             added_files.push(AddedFile {
                 path: file.file_path().to_string(),
                 ids: live.iter().map(|c| c.id.clone()).collect(),

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field as ArrowField, Schema as ArrowSchema};
-use iceberg::spec::{DataContentType, DataFile, DataFileFormat};
+use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat};
 use iceberg::table::Table;
-use iceberg::writer::file_writer::{FileWriter, FileWriterBuilder, ParquetWriterBuilder};
+use iceberg::writer::file_writer::{
+    FileWriter, FileWriterBuilder, ParquetWriter, ParquetWriterBuilder,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
@@ -29,12 +31,62 @@ fn writer_properties() -> WriterProperties {
 
 /// Writes `batch` (whose fields carry Iceberg field ids) as one Parquet data file of `table`.
 pub async fn write_data_file(table: &Table, batch: &RecordBatch) -> Result<DataFile, LakeError> {
-    let path = format!(
-        "{}/data/{}.parquet",
-        table.metadata().location().trim_end_matches('/'),
-        uuid::Uuid::new_v4()
-    );
-    write_file(table, batch, path, DataContentType::Data, None).await
+    let mut writer = DataFileWriter::open(table, batch.schema_ref()).await?;
+    writer.write(batch).await?;
+    writer.finish().await
+}
+
+/// Streams record batches of one schema into a new data file of a table, so a large commit or
+/// compaction never holds more than one batch in memory.
+pub struct DataFileWriter {
+    inner: ParquetWriter,
+    path: String,
+    partition_spec_id: i32,
+    rows: usize,
+}
+
+impl DataFileWriter {
+    /// Starts a data file for batches of `schema` (fields carrying Iceberg field ids).
+    pub async fn open(table: &Table, schema: &ArrowSchema) -> Result<Self, LakeError> {
+        let path = format!(
+            "{}/data/{}.parquet",
+            table.metadata().location().trim_end_matches('/'),
+            uuid::Uuid::new_v4()
+        );
+        let iceberg_schema = Arc::new(iceberg::arrow::arrow_schema_to_schema(schema)?);
+        let output = table.file_io().new_output(&path)?;
+        let inner = ParquetWriterBuilder::new(writer_properties(), iceberg_schema)
+            .build(output)
+            .await?;
+        Ok(Self {
+            inner,
+            path,
+            partition_spec_id: table.metadata().default_partition_spec_id(),
+            rows: 0,
+        })
+    }
+
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
+        self.rows += batch.num_rows();
+        Ok(self.inner.write(batch).await?)
+    }
+
+    /// Rows written so far.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Closes the file and returns its Iceberg metadata.
+    pub async fn finish(self) -> Result<DataFile, LakeError> {
+        let builders = self.inner.close().await?;
+        finish_data_file(
+            builders,
+            &self.path,
+            self.partition_spec_id,
+            DataContentType::Data,
+            None,
+        )
+    }
 }
 
 /// Writes a position-delete file removing `positions` (data file path, row position).
@@ -93,7 +145,23 @@ async fn write_file(
         .build(output)
         .await?;
     writer.write(batch).await?;
-    let mut builders = writer.close().await?;
+    let builders = writer.close().await?;
+    finish_data_file(
+        builders,
+        &path,
+        table.metadata().default_partition_spec_id(),
+        content,
+        referenced_data_file,
+    )
+}
+
+fn finish_data_file(
+    mut builders: Vec<DataFileBuilder>,
+    path: &str,
+    partition_spec_id: i32,
+    content: DataContentType,
+    referenced_data_file: Option<String>,
+) -> Result<DataFile, LakeError> {
     let mut builder = builders.pop().ok_or_else(|| {
         iceberg::Error::new(
             iceberg::ErrorKind::Unexpected,
@@ -103,7 +171,7 @@ async fn write_file(
     builder
         .content(content)
         .file_format(DataFileFormat::Parquet)
-        .partition_spec_id(table.metadata().default_partition_spec_id());
+        .partition_spec_id(partition_spec_id);
     if content == DataContentType::PositionDeletes {
         builder.referenced_data_file(referenced_data_file);
     }

@@ -9,6 +9,7 @@
 //! SQLite (through sqlx) is the embedded default; the SQL stays portable so a Postgres pool
 //! can take its place.
 
+mod codec;
 mod datastores;
 mod lake_rows;
 pub mod reads;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::codec::{compress, decompress};
 use super::resources::stamp_meta;
 use super::{NewResource, Store, StoreError, WrittenVersion};
 
@@ -151,11 +152,6 @@ fn version_from_row(row: &SqliteRow) -> Result<StoredVersion, StoreError> {
         deleted: row.get::<i64, _>(5) != 0,
         json,
     })
-}
-
-fn decompress(blob: &[u8]) -> Result<String, String> {
-    let bytes = zstd::stream::decode_all(blob).map_err(|e| e.to_string())?;
-    String::from_utf8(bytes).map_err(|e| e.to_string())
 }
 
 impl Store {
@@ -422,15 +418,7 @@ impl Store {
                 })?;
             let seq = next_seq;
             next_seq += 1;
-            let blob = stored
-                .as_deref()
-                .map(|s| zstd::bulk::compress(s.as_bytes(), 3))
-                .transpose()
-                .map_err(|e| StoreError::CorruptBlob {
-                    resource_type: resource_type.clone(),
-                    id: id.clone(),
-                    message: format!("cannot compress: {e}"),
-                })?;
+            let blob = stored.as_deref().map(compress);
             let deleted = stored.is_none() as i64;
             sqlx::query(
                 "INSERT INTO resource_versions \

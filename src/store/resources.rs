@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
+use super::codec::{compress, decompress};
 use super::{Store, StoreError};
 
 /// Rows per multi-row statement: well under SQLite's bound-parameter limit.
@@ -255,15 +256,6 @@ impl Store {
             .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
             .collect())
     }
-}
-
-fn compress(json: &str) -> Vec<u8> {
-    zstd::bulk::compress(json.as_bytes(), 3).expect("compressing into memory cannot fail")
-}
-
-fn decompress(blob: &[u8]) -> Result<String, Box<dyn std::error::Error>> {
-    let bytes = zstd::stream::decode_all(blob)?;
-    Ok(String::from_utf8(bytes)?)
 }
 
 /// Sets `meta.versionId` and `meta.lastUpdated` in a resource's JSON text.
