@@ -82,7 +82,7 @@ for t in ("patient", "condition", "observation", "procedure", "medicationrequest
     con.execute(f"CREATE VIEW {t} AS SELECT * FROM read_parquet('{duck_dir}/{t.capitalize() if t != 'medicationrequest' else 'MedicationRequest'}.parquet')")
 duck_queries = {
     "q13": """SELECT patient.id, condition.id, CONCAT(patient.name[1].family, ' ', patient.name[1].given[1]) AS name,
-                 condition.category[1].coding[1].code, condition.code.coding[1].code, condition.code.coding[1].display,
+                 condition.code.coding[1].code, condition.code.coding[1].display,
                  condition.onsetDateTime, condition.clinicalStatus.coding[1].code, condition.encounter.reference
               FROM patient, condition WHERE CONCAT('Patient/', patient.id) = condition.subject.reference ORDER BY name""",
     "q15": """SELECT patient.id, procedure.id, CONCAT(patient.name[1].family, ' ', patient.name[1].given[1]) AS name,

@@ -310,6 +310,7 @@ async fn import(
         bar.set_message("committing to the lake…");
     }
     let synced = background.shutdown().await?;
+    inst.store.checkpoint().await?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

@@ -140,6 +140,15 @@ impl Store {
         Ok(Self { pool })
     }
 
+    /// Folds the write-ahead log into the database file and truncates it (after a bulk
+    /// import, so the store's size on disk is its real size).
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
