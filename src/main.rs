@@ -316,7 +316,7 @@ async fn import(
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "Imported {} resources into data store '{}' in {:.1}s ({:.0} resources/s, {:.1} MB/s); {} failed.",
+        "Imported {} resources into data store '{}' in {:.1}s ({:.0} resources/s, {:.1} MB/s of input files); {} failed.",
         report.imported(),
         ds.name,
         secs,
