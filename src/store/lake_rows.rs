@@ -180,35 +180,7 @@ impl Store {
                 .await?;
         }
         for file in &record.added_files {
-            let file_id: i64 = sqlx::query_scalar(
-                "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
-                 VALUES (?, ?, ?, ?, ?) RETURNING file_id",
-            )
-            .bind(datastore_id)
-            .bind(resource_type)
-            .bind(&file.path)
-            .bind(file.ids.len() as i64)
-            .bind(file.ids.len() as i64)
-            .fetch_one(&mut *tx)
-            .await?;
-            let positioned: Vec<(usize, &String)> = file.ids.iter().enumerate().collect();
-            for chunk in positioned.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
-                );
-                q.push_values(chunk, |mut b, (pos, id)| {
-                    b.push_bind(datastore_id)
-                        .push_bind(resource_type)
-                        .push_bind(*id)
-                        .push_bind(file_id)
-                        .push_bind(*pos as i64);
-                });
-                q.push(
-                    " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
-                     file_id = excluded.file_id, pos = excluded.pos",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
+            insert_file(&mut tx, datastore_id, resource_type, file).await?;
         }
         sqlx::query(
             "INSERT INTO lake_state (datastore_id, resource_type, applied_seq, snapshot_id) VALUES (?, ?, ?, ?) \
@@ -248,45 +220,10 @@ impl Store {
             .await?;
         }
         tx.commit().await?;
-        let files: Vec<AddedFile> = files.to_vec();
         // Insert files with their live rows only, keeping each row's original position.
-        for file in &files {
+        for file in files {
             let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
-            let live = file.ids.iter().filter(|id| !id.is_empty()).count() as i64;
-            let file_id: i64 = sqlx::query_scalar(
-                "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
-                 VALUES (?, ?, ?, ?, ?) RETURNING file_id",
-            )
-            .bind(datastore_id)
-            .bind(resource_type)
-            .bind(&file.path)
-            .bind(file.ids.len() as i64)
-            .bind(live)
-            .fetch_one(&mut *tx)
-            .await?;
-            let positioned: Vec<(usize, &String)> = file
-                .ids
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !id.is_empty())
-                .collect();
-            for chunk in positioned.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
-                );
-                q.push_values(chunk, |mut b, (pos, id)| {
-                    b.push_bind(datastore_id)
-                        .push_bind(resource_type)
-                        .push_bind(*id)
-                        .push_bind(file_id)
-                        .push_bind(*pos as i64);
-                });
-                q.push(
-                    " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
-                     file_id = excluded.file_id, pos = excluded.pos",
-                );
-                q.build().execute(&mut *tx).await?;
-            }
+            insert_file(&mut tx, datastore_id, resource_type, file).await?;
             tx.commit().await?;
         }
         // Written last: until it is, the index is known incomplete and gets rebuilt again.
@@ -301,4 +238,49 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Records a data file and the lake position of each of its live rows. An empty id marks a
+/// position whose row is deleted.
+async fn insert_file(
+    conn: &mut sqlx::SqliteConnection,
+    datastore_id: &str,
+    resource_type: &str,
+    file: &AddedFile,
+) -> Result<(), sqlx::Error> {
+    let live: Vec<(usize, &String)> = file
+        .ids
+        .iter()
+        .enumerate()
+        .filter(|(_, id)| !id.is_empty())
+        .collect();
+    let file_id: i64 = sqlx::query_scalar(
+        "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
+         VALUES (?, ?, ?, ?, ?) RETURNING file_id",
+    )
+    .bind(datastore_id)
+    .bind(resource_type)
+    .bind(&file.path)
+    .bind(file.ids.len() as i64)
+    .bind(live.len() as i64)
+    .fetch_one(&mut *conn)
+    .await?;
+    for chunk in live.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
+        );
+        q.push_values(chunk, |mut b, (pos, id)| {
+            b.push_bind(datastore_id)
+                .push_bind(resource_type)
+                .push_bind(*id)
+                .push_bind(file_id)
+                .push_bind(*pos as i64);
+        });
+        q.push(
+            " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
+             file_id = excluded.file_id, pos = excluded.pos",
+        );
+        q.build().execute(&mut *conn).await?;
+    }
+    Ok(())
 }
