@@ -10,5 +10,6 @@ pub mod installation;
 pub mod lake;
 pub mod outcome;
 pub mod schema;
+pub mod search;
 pub mod sql;
 pub mod store;

@@ -243,6 +243,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("generating from {}", definitions.display()))?;
             fhirlake::schema::generate::write_schemas(&schemas, &out)?;
             println!("wrote {} schemas to {}", schemas.len(), out.display());
+            let catalog = fhirlake::search::generate::generate(&definitions, &schemas)?;
+            fhirlake::search::generate::write_catalog(&catalog, &out)?;
+            let s = &catalog.summary;
+            println!(
+                "search parameters: {} of {} definitions compile for every base type ({:.1}%); \
+                 {} (type, code) pairs compiled, {} unsupported (listed in {})",
+                s.compiled_definitions,
+                s.definitions,
+                100.0 * s.compiled_definitions as f64 / s.definitions.max(1) as f64,
+                s.compiled_parameters,
+                s.unsupported_parameters,
+                out.join(fhirlake::search::generate::CATALOG_FILE).display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -270,6 +270,7 @@ fn response_entry(base: &str, result: Result<Reply, ApiError>) -> Result<EntryOu
     Ok(EntryOut {
         full_url: resource.as_ref().and(full_url),
         resource,
+        search: None,
         request: None,
         response: Some(EntryResponseOut {
             status: status_line(reply.status),

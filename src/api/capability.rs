@@ -9,6 +9,7 @@ use super::error::ApiError;
 use super::format::{Body, Reply};
 use super::interactions::now;
 use crate::schema::Registry;
+use crate::search::Catalog;
 use crate::store::Datastore;
 
 /// A FHIR RESTful interaction the server routes.
@@ -25,6 +26,11 @@ pub enum Interaction {
     Batch,
     HistorySystem,
     Capabilities,
+    SearchType,
+    SearchTypePost,
+    SearchSystem,
+    ConditionalUpdate,
+    ConditionalDelete,
 }
 
 /// Every interaction the router serves; `routes` builds one route per entry.
@@ -40,6 +46,11 @@ pub const SUPPORTED: &[Interaction] = &[
     Interaction::Batch,
     Interaction::HistorySystem,
     Interaction::Capabilities,
+    Interaction::SearchType,
+    Interaction::SearchTypePost,
+    Interaction::SearchSystem,
+    Interaction::ConditionalUpdate,
+    Interaction::ConditionalDelete,
 ];
 
 impl Interaction {
@@ -57,6 +68,10 @@ impl Interaction {
             Self::Batch => "batch",
             Self::HistorySystem => "history-system",
             Self::Capabilities => "capabilities",
+            Self::SearchType | Self::SearchTypePost => "search-type",
+            Self::SearchSystem => "search-system",
+            Self::ConditionalUpdate => "update",
+            Self::ConditionalDelete => "delete",
         }
     }
 
@@ -67,10 +82,12 @@ impl Interaction {
             | Self::HistoryInstance
             | Self::HistoryType
             | Self::HistorySystem
-            | Self::Capabilities => Method::GET,
-            Self::Update => Method::PUT,
-            Self::Delete => Method::DELETE,
-            Self::Create | Self::Transaction | Self::Batch => Method::POST,
+            | Self::Capabilities
+            | Self::SearchType
+            | Self::SearchSystem => Method::GET,
+            Self::Update | Self::ConditionalUpdate => Method::PUT,
+            Self::Delete | Self::ConditionalDelete => Method::DELETE,
+            Self::Create | Self::Transaction | Self::Batch | Self::SearchTypePost => Method::POST,
         }
     }
 
@@ -81,8 +98,11 @@ impl Interaction {
             Self::Vread => "/{type}/{id}/_history/{vid}",
             Self::HistoryInstance => "/{type}/{id}/_history",
             Self::HistoryType => "/{type}/_history",
-            Self::Create => "/{type}",
-            Self::Transaction | Self::Batch => "/",
+            Self::Create | Self::SearchType | Self::ConditionalUpdate | Self::ConditionalDelete => {
+                "/{type}"
+            }
+            Self::SearchTypePost => "/{type}/_search",
+            Self::Transaction | Self::Batch | Self::SearchSystem => "/",
             Self::HistorySystem => "/_history",
             Self::Capabilities => "/metadata",
         }
@@ -96,32 +116,61 @@ impl Interaction {
 
 /// The CapabilityStatement for `base` (a data store's base URL, or the server root).
 pub fn statement(base: &str, datastore: Option<&Datastore>) -> Value {
-    let type_interactions: Vec<Value> = SUPPORTED
-        .iter()
-        .filter(|i| i.is_type_level())
-        .map(|i| json!({ "code": i.code() }))
-        .collect();
-    let system_interactions: Vec<Value> = SUPPORTED
-        .iter()
-        .filter(|i| !i.is_type_level() && **i != Interaction::Capabilities)
-        .map(|i| json!({ "code": i.code() }))
-        .collect();
+    let codes = |type_level: bool| -> Vec<Value> {
+        let mut seen = Vec::new();
+        for i in SUPPORTED {
+            if i.is_type_level() == type_level
+                && *i != Interaction::Capabilities
+                && !seen.contains(&i.code())
+            {
+                seen.push(i.code());
+            }
+        }
+        seen.into_iter().map(|c| json!({ "code": c })).collect()
+    };
+    let type_interactions = codes(true);
+    let system_interactions = codes(false);
+    let catalog = Catalog::global();
     let supports = |i: Interaction| SUPPORTED.contains(&i);
     let resources: Vec<Value> = Registry::global()
         .resource_types()
         .map(|t| {
+            let search_params: Vec<Value> = catalog
+                .params_of(t)
+                .map(|p| {
+                    json!({
+                        "name": p.code,
+                        "definition": format!("http://hl7.org/fhir/SearchParameter/{}", p.id),
+                        "type": p.param_type.as_str(),
+                    })
+                })
+                .collect();
+            let unsupported: Vec<String> = catalog
+                .unsupported
+                .iter()
+                .filter(|u| u.resource_type == t)
+                .map(|u| format!("{} ({})", u.code, u.reason))
+                .collect();
+            let documentation = if unsupported.is_empty() {
+                "Every R4 search parameter of this type is supported.".to_string()
+            } else {
+                format!("Unsupported search parameters: {}.", unsupported.join("; "))
+            };
             json!({
                 "type": t,
+                "documentation": documentation,
                 "profile": format!("http://hl7.org/fhir/StructureDefinition/{t}"),
                 "interaction": type_interactions,
                 "versioning": "versioned-update",
                 "readHistory": supports(Interaction::Vread),
                 "updateCreate": supports(Interaction::Update),
-                // If-None-Exist with `_id` only, until search exists.
                 "conditionalCreate": supports(Interaction::Create),
                 "conditionalRead": if supports(Interaction::Read) { "full-support" } else { "not-supported" },
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalUpdate": supports(Interaction::ConditionalUpdate),
+                "conditionalDelete": if supports(Interaction::ConditionalDelete) { "single" } else { "not-supported" },
+                "searchInclude": ["*"],
+                "searchRevInclude": ["*"],
+                "searchParam": search_params,
             })
         })
         .collect();
@@ -180,15 +229,27 @@ mod tests {
                 "delete",
                 "history-instance",
                 "history-type",
-                "create"
+                "create",
+                "search-type"
             ]
         );
+        let params = patient["searchParam"].as_array().unwrap();
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == "birthdate" && p["type"] == "date")
+        );
+        assert!(params.iter().any(|p| p["name"] == "_id"));
+        assert_eq!(patient["conditionalUpdate"], true);
         let system: Vec<&str> = cs["rest"][0]["interaction"]
             .as_array()
             .unwrap()
             .iter()
             .map(|i| i["code"].as_str().unwrap())
             .collect();
-        assert_eq!(system, ["transaction", "batch", "history-system"]);
+        assert_eq!(
+            system,
+            ["transaction", "batch", "history-system", "search-system"]
+        );
     }
 }

@@ -300,49 +300,26 @@ pub async fn vread(
     Ok(version_reply(v))
 }
 
-/// The live resources an `If-None-Exist` query matches. Without search, only `_id` (with
-/// comma-separated alternatives) can be evaluated; anything else is refused rather than
-/// ignored, since ignoring it would create duplicates the client asked to avoid.
+/// The live resources an `If-None-Exist` query matches (at most two: enough to tell one
+/// match from several).
 pub async fn if_none_exist_matches(
     ctx: &Ctx,
-    resource_type: &str,
+    resource_type: &'static str,
     query: &str,
 ) -> Result<Vec<StoredVersion>, ApiError> {
     let params = Params::parse(Some(query.trim_start_matches('?')));
     if params.0.is_empty() {
         return Err(ApiError::bad_request(
-            "If-None-Exist is empty: give search parameters such as _id=123",
+            "If-None-Exist is empty: give search parameters such as identifier=http://x|123",
         ));
     }
-    if let Some(other) = params.unknown(&["_id"]).next() {
-        return Err(ApiError::unsupported(format!(
-            "If-None-Exist supports only the _id parameter (search is not available yet); got '{other}'"
-        )));
-    }
-    let mut matches = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for (_, value) in &params.0 {
-        for id in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            if !seen.insert(id.to_string()) {
-                continue;
-            }
-            if let Some(v) = ctx
-                .store()
-                .read_current(&ctx.ds.id, resource_type, id)
-                .await?
-                && !v.deleted
-            {
-                matches.push(v);
-            }
-        }
-    }
-    Ok(matches)
+    super::search::conditional_matches(ctx, resource_type, &params.0, 2).await
 }
 
 /// `POST [type]`, optionally conditional on `If-None-Exist`.
 pub async fn create(
     ctx: &Ctx,
-    resource_type: &str,
+    resource_type: &'static str,
     body: &[u8],
     if_none_exist: Option<&str>,
     prefer: ReturnPreference,
@@ -424,6 +401,83 @@ pub async fn delete(
     Ok(reply)
 }
 
+/// `PUT [type]?search`: the conditional update matrix of FHIR R4 (and the reference guide):
+/// no match creates (with the body's id if it has one and that id is free, else 409), one
+/// match is updated (409 if the body names another id), several are 412.
+pub async fn conditional_update(
+    ctx: &Ctx,
+    resource_type: &'static str,
+    params: &[(String, String)],
+    body: &[u8],
+    prefer: ReturnPreference,
+) -> Result<Reply, ApiError> {
+    let members = members_of(body_text(body)?)?;
+    check_body_type(&members, resource_type)?;
+    let body_id = json::string_member(&members, "id");
+    let mut matches = super::search::conditional_matches(ctx, resource_type, params, 2).await?;
+    let (new, expected) = match (matches.len(), body_id) {
+        (0, None) => (prepare_create(resource_type, body, &new_id())?, Some(0)),
+        (0, Some(id)) => {
+            check_id(&id).map_err(ApiError::validation)?;
+            let current = ctx
+                .store()
+                .read_current(&ctx.ds.id, resource_type, &id)
+                .await?;
+            let expected = match current {
+                Some(v) if !v.deleted => {
+                    return Err(ApiError::conflict(format!(
+                        "No {resource_type} matches the search, but the body's id '{id}' belongs to an existing resource that does not match it"
+                    )));
+                }
+                Some(v) => v.version,
+                None => 0,
+            };
+            (prepare_update(resource_type, &id, body)?, Some(expected))
+        }
+        (1, body_id) => {
+            let current = matches.remove(0);
+            if let Some(id) = body_id.filter(|id| *id != current.id) {
+                return Err(ApiError::conflict(format!(
+                    "The search matches {resource_type}/{}, but the body's id is '{id}'",
+                    current.id
+                )));
+            }
+            (
+                prepare_create(resource_type, body, &current.id)?,
+                Some(current.version),
+            )
+        }
+        (n, _) => {
+            return Err(ApiError::precondition_failed(format!(
+                "The search matches {}{n} {resource_type} resources; a conditional update needs at most one",
+                if n >= 2 { "at least " } else { "" }
+            )));
+        }
+    };
+    let applied = ctx
+        .store()
+        .put_if_version(&ctx.ds.id, new, expected)
+        .await?;
+    Ok(write_reply(&applied, prefer))
+}
+
+/// `DELETE [type]?search`: deletes the one match (204; also when nothing matches), 412 when
+/// several match.
+pub async fn conditional_delete(
+    ctx: &Ctx,
+    resource_type: &'static str,
+    params: &[(String, String)],
+) -> Result<Reply, ApiError> {
+    let matches = super::search::conditional_matches(ctx, resource_type, params, 2).await?;
+    match matches.as_slice() {
+        [] => Ok(Reply::new(StatusCode::NO_CONTENT, Body::None)),
+        [one] => delete(ctx, resource_type, &one.id, Some(one.version)).await,
+        _ => Err(ApiError::precondition_failed(format!(
+            "The search matches several {resource_type} resources; a conditional delete removes at most one"
+        ))),
+    }
+}
+
 /// Parses a FHIR instant (or a date, meaning its midnight UTC) into the store's format.
 pub fn parse_since(value: &str) -> Result<String, ApiError> {
     let invalid = || {
@@ -458,6 +512,8 @@ pub struct BundleOut {
     pub bundle_type: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total: Option<usize>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub link: Vec<BundleLink>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -484,9 +540,17 @@ pub struct EntryOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resource: Option<Box<RawValue>>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<EntrySearchOut>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub request: Option<EntryRequestOut>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub response: Option<EntryResponseOut>,
+}
+
+/// `Bundle.entry.search` of a searchset: `match`, `include` or `outcome`.
+#[derive(Debug, Serialize)]
+pub struct EntrySearchOut {
+    pub mode: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -519,6 +583,7 @@ impl BundleOut {
             },
             bundle_type,
             timestamp: None,
+            total: None,
             link: Vec::new(),
             entry: Vec::new(),
         }
@@ -646,6 +711,7 @@ fn history_entry(base: &str, v: StoredVersion) -> Result<EntryOut, ApiError> {
     Ok(EntryOut {
         full_url: Some(format!("{base}/{instance}")),
         resource: v.json.map(raw).transpose()?,
+        search: None,
         request: Some(EntryRequestOut { method, url }),
         response: Some(EntryResponseOut {
             status: status_line(status),

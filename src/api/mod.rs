@@ -13,6 +13,7 @@ pub mod interactions;
 pub mod json;
 pub mod lake_status;
 mod routes;
+pub mod search;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,8 +25,9 @@ use axum::Router;
 
 use crate::installation::{Installation, InstallationError};
 use crate::lake::LakeError;
-use crate::lake::background::BackgroundSync;
+use crate::lake::background::{BackgroundSync, SyncHandle};
 use crate::lake::sync::BatchLimits;
+use crate::search::Searcher;
 use crate::store::{Datastore, StoreError};
 
 pub use error::ApiError;
@@ -82,6 +84,11 @@ struct StateInner {
     config: ApiConfig,
     /// `host:port` for absolute URLs when a request has no Host header.
     default_host: String,
+    /// Per data store: its lake sync (taken by [`Server::run`] to shut it down), a handle
+    /// to flush it, and its searcher.
+    syncs: std::sync::Mutex<Vec<(Arc<Datastore>, BackgroundSync)>>,
+    sync_handles: HashMap<String, SyncHandle>,
+    searchers: HashMap<String, Searcher>,
 }
 
 impl ApiState {
@@ -92,21 +99,57 @@ impl ApiState {
         default_host: String,
     ) -> Result<Self, ServeError> {
         installation.datastore(None).await?;
-        let datastores = installation
+        let datastores: HashMap<String, Arc<Datastore>> = installation
             .store
             .list_datastores()
             .await?
             .into_iter()
             .map(|ds| (ds.id.clone(), Arc::new(ds)))
             .collect();
+        let mut syncs = Vec::new();
+        let mut sync_handles = HashMap::new();
+        let mut searchers = HashMap::new();
+        for ds in datastores.values() {
+            let sync = BackgroundSync::spawn(
+                installation.store.clone(),
+                installation.lake.clone(),
+                (**ds).clone(),
+                config.sync_interval,
+                BatchLimits::default(),
+            );
+            sync_handles.insert(ds.id.clone(), sync.handle());
+            searchers.insert(
+                ds.id.clone(),
+                Searcher::new(
+                    installation.store.clone(),
+                    installation.lake.clone(),
+                    &ds.id,
+                    &ds.name,
+                ),
+            );
+            syncs.push((ds.clone(), sync));
+        }
         Ok(Self {
             inner: Arc::new(StateInner {
                 installation,
                 datastores,
                 config,
                 default_host,
+                syncs: std::sync::Mutex::new(syncs),
+                sync_handles,
+                searchers,
             }),
         })
+    }
+
+    /// The lake sync of data store `id`.
+    pub fn sync_handle(&self, id: &str) -> Option<&SyncHandle> {
+        self.inner.sync_handles.get(id)
+    }
+
+    /// The searcher of data store `id`.
+    pub fn searcher(&self, id: &str) -> Option<&Searcher> {
+        self.inner.searchers.get(id)
     }
 
     pub fn installation(&self) -> &Installation {
@@ -191,22 +234,8 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let installation = self.state.installation().clone();
-        let syncs: Vec<(Arc<Datastore>, BackgroundSync)> = self
-            .state
-            .datastores()
-            .into_iter()
-            .map(|ds| {
-                let sync = BackgroundSync::spawn(
-                    installation.store.clone(),
-                    installation.lake.clone(),
-                    (*ds).clone(),
-                    self.state.config().sync_interval,
-                    BatchLimits::default(),
-                );
-                (ds, sync)
-            })
-            .collect();
+        let syncs: Vec<(Arc<Datastore>, BackgroundSync)> =
+            std::mem::take(&mut *self.state.inner.syncs.lock().expect("sync list lock"));
         let app = router(self.state);
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)

@@ -54,6 +54,11 @@ pub(super) fn router(state: ApiState) -> Router {
             Interaction::Transaction | Interaction::Batch => post(system_post),
             Interaction::HistorySystem => get(system_history),
             Interaction::Capabilities => get(metadata),
+            Interaction::SearchType => get(search_type),
+            Interaction::SearchTypePost => post(search_type_post),
+            Interaction::SearchSystem => get(search_system),
+            Interaction::ConditionalUpdate => put(conditional_update),
+            Interaction::ConditionalDelete => delete(conditional_delete),
         };
         if let Some(without_slash) = path.strip_suffix('/') {
             routes = routes.route(without_slash, handler.clone());
@@ -442,4 +447,164 @@ async fn ensure_outcome(response: Response) -> Response {
         }
     }
     fixed
+}
+
+/// Search parameters of a request: the query string, or the form body of `_search`, never
+/// both (the reference guide's rule).
+fn search_params(
+    query: &Params,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) -> Result<Vec<(String, String)>, ApiError> {
+    let mut params: Vec<(String, String)> = query.0.clone();
+    if let Some(body) = body.filter(|b| !b.iter().all(u8::is_ascii_whitespace)) {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| ApiError::bad_request("the _search body is not UTF-8 text"))?
+            .trim();
+        // The guide's examples wrap the query in braces: `{birthdate=eq1997}`.
+        let text = text
+            .strip_prefix('{')
+            .and_then(|t| t.strip_suffix('}'))
+            .unwrap_or(text);
+        let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or("");
+        if !(content_type.is_empty()
+            || content_type.starts_with("application/x-www-form-urlencoded")
+            || content_type.starts_with("application/json"))
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "not-supported",
+                format!(
+                    "_search takes a form body (application/x-www-form-urlencoded), not '{content_type}'"
+                ),
+            ));
+        }
+        let from_body = Params::parse(Some(text)).0;
+        let searchable = |k: &String| k != "_format" && k != "_pretty";
+        if from_body.iter().any(|(k, _)| searchable(k)) && params.iter().any(|(k, _)| searchable(k))
+        {
+            return Err(ApiError::bad_request(
+                "search parameters were given both in the URL and in the body; use one or the other",
+            ));
+        }
+        params.extend(from_body);
+    }
+    Ok(params)
+}
+
+fn lenient(headers: &HeaderMap) -> bool {
+    super::search::lenient(header_str(
+        headers,
+        header::HeaderName::from_static("prefer"),
+    ))
+}
+
+async fn search_type(
+    State(state): State<ApiState>,
+    Path((ds, ty)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        let params = search_params(&p.params, &headers, None)?;
+        super::search::search(&p.ctx, ty, &params, lenient(&headers), ty).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn search_type_post(
+    State(state): State<ApiState>,
+    Path((ds, ty)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        let body = body.map_err(|r| ApiError::bad_request(r.body_text()))?;
+        let params = search_params(&p.params, &headers, Some(&body))?;
+        super::search::search(&p.ctx, ty, &params, lenient(&headers), ty).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+/// `GET [base]?_type=A[,B]&...`: a search of each listed type (common parameters only when
+/// there are several).
+async fn search_system(
+    State(state): State<ApiState>,
+    Path(ds): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let Some(types) = p.params.get("_type") else {
+            return Err(ApiError::unsupported(
+                "system-level search needs _type (for example ?_type=Patient&_id=123)",
+            ));
+        };
+        let types: Vec<&'static str> = types
+            .split(',')
+            .map(type_of)
+            .collect::<Result<_, _>>()?;
+        let params: Vec<(String, String)> = p
+            .params
+            .0
+            .iter()
+            .filter(|(k, _)| k != "_type")
+            .cloned()
+            .collect();
+        match types.as_slice() {
+            [one] => super::search::search(&p.ctx, one, &params, lenient(&headers), one).await,
+            _ => Err(ApiError::unsupported(
+                "system-level search over several types is not supported yet; search one _type at a time",
+            )),
+        }
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn conditional_update(
+    State(state): State<ApiState>,
+    Path((ds, ty)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        let body = write_body(&headers, body)?;
+        ix::conditional_update(
+            &p.ctx,
+            ty,
+            &p.params.0,
+            &body,
+            ReturnPreference::from_headers(&headers),
+        )
+        .await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
+}
+
+async fn conditional_delete(
+    State(state): State<ApiState>,
+    Path((ds, ty)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let p = prepared!(state, ds, headers, query);
+    let result = async {
+        let ty = type_of(&ty)?;
+        ix::conditional_delete(&p.ctx, ty, &p.params.0).await
+    }
+    .await;
+    render(result, p.format, &p.ctx.base)
 }

@@ -3,6 +3,8 @@
 //! One task owns all syncing of its data store, so commits of a table never race each other;
 //! writers only add to the store. `flush` makes everything written so far queryable.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -16,8 +18,38 @@ type FlushReply = oneshot::Sender<Result<Vec<TableSync>, String>>;
 
 /// Handle to a running background sync.
 pub struct BackgroundSync {
-    requests: mpsc::Sender<FlushReply>,
+    handle: SyncHandle,
     task: JoinHandle<()>,
+}
+
+/// A cloneable way to ask a running background sync for a flush.
+#[derive(Clone)]
+pub struct SyncHandle {
+    requests: mpsc::Sender<FlushReply>,
+    store: Store,
+    /// The store's write generation when the last successful sync started.
+    synced: Arc<AtomicU64>,
+}
+
+impl SyncHandle {
+    /// Syncs everything written so far and returns what that last sync did.
+    pub async fn flush(&self) -> Result<Vec<TableSync>, LakeError> {
+        let (tx, rx) = oneshot::channel();
+        let stopped = || LakeError::Background("the background lake sync has stopped".into());
+        self.requests.send(tx).await.map_err(|_| stopped())?;
+        rx.await
+            .map_err(|_| stopped())?
+            .map_err(LakeError::Background)
+    }
+
+    /// Flushes only when the store committed writes the last sync did not cover, so readers
+    /// that must see their own writes pay for a commit only after a write.
+    pub async fn catch_up(&self) -> Result<(), LakeError> {
+        if self.store.write_generation() > self.synced.load(Ordering::Acquire) {
+            self.flush().await?;
+        }
+        Ok(())
+    }
 }
 
 impl BackgroundSync {
@@ -30,6 +62,12 @@ impl BackgroundSync {
         limits: BatchLimits,
     ) -> Self {
         let (requests, mut rx) = mpsc::channel::<FlushReply>(16);
+        let synced = Arc::new(AtomicU64::new(0));
+        let handle = SyncHandle {
+            requests,
+            store: store.clone(),
+            synced: synced.clone(),
+        };
         let task = tokio::spawn(async move {
             loop {
                 let reply = tokio::select! {
@@ -39,7 +77,11 @@ impl BackgroundSync {
                     },
                     _ = tokio::time::sleep(interval) => None,
                 };
+                let generation = store.write_generation();
                 let result = sync_datastore(&store, &lake, &datastore, limits).await;
+                if result.is_ok() {
+                    synced.fetch_max(generation, Ordering::AcqRel);
+                }
                 match reply {
                     Some(reply) => {
                         let _ = reply.send(result.map_err(|e| e.to_string()));
@@ -52,23 +94,26 @@ impl BackgroundSync {
                 }
             }
         });
-        Self { requests, task }
+        Self { handle, task }
+    }
+
+    /// A handle for flushing from elsewhere.
+    pub fn handle(&self) -> SyncHandle {
+        self.handle.clone()
     }
 
     /// Syncs everything written so far and returns what that last sync did.
     pub async fn flush(&self) -> Result<Vec<TableSync>, LakeError> {
-        let (tx, rx) = oneshot::channel();
-        let stopped = || LakeError::Background("the background lake sync has stopped".into());
-        self.requests.send(tx).await.map_err(|_| stopped())?;
-        rx.await
-            .map_err(|_| stopped())?
-            .map_err(LakeError::Background)
+        self.handle.flush().await
     }
 
-    /// Flushes, then stops the task.
+    /// Flushes, then stops the task once every other handle is dropped too.
     pub async fn shutdown(self) -> Result<Vec<TableSync>, LakeError> {
         let result = self.flush().await;
-        drop(self.requests);
+        drop(self.handle);
+        // Clones held elsewhere keep the channel open; the flush above covered every write,
+        // so the task may be stopped outright.
+        self.task.abort();
         let _ = self.task.await;
         result
     }

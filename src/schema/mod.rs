@@ -24,6 +24,8 @@ pub const PARQUET_FIELD_ID_KEY: &str = "PARQUET:field_id";
 pub const RESOURCE_COLUMN: &str = "_resource";
 /// Name of the system column holding `meta.versionId` as a number.
 pub const VERSION_COLUMN: &str = "_version_id";
+/// Name of the resource id column.
+pub const ID_COLUMN: &str = "id";
 /// Name of the system column holding `meta.lastUpdated` as a UTC timestamp.
 pub const LAST_UPDATED_COLUMN: &str = "_last_updated";
 

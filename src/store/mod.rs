@@ -60,6 +60,9 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    /// Bumped after every committed resource write, so readers that need their own writes
+    /// in the lake (search) can tell cheaply whether a lake sync is due.
+    writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 const SCHEMA: &str = r#"
@@ -137,7 +140,20 @@ impl Store {
             .connect_with(options)
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writes: Default::default(),
+        })
+    }
+
+    /// How many resource write transactions this handle (and its clones) committed.
+    pub fn write_generation(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn wrote(&self) {
+        self.writes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Folds the write-ahead log into the database file and truncates it (after a bulk

@@ -473,6 +473,7 @@ impl Store {
             });
         }
         tx.commit().await.map_err(StoreError::from)?;
+        self.wrote();
         Ok(applied)
     }
 }

@@ -161,6 +161,7 @@ impl Store {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        self.wrote();
         Ok(written)
     }
 

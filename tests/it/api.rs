@@ -15,19 +15,19 @@ use fhirlake::sql::SqlEngine;
 
 use crate::common::shared_data;
 
-struct TestServer {
+pub(crate) struct TestServer {
     /// Data store base URL without the trailing slash.
-    base: String,
+    pub(crate) base: String,
     root: String,
-    http: reqwest::Client,
-    inst: Installation,
+    pub(crate) http: reqwest::Client,
+    pub(crate) inst: Installation,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), ServeError>>>,
     _dir: tempfile::TempDir,
 }
 
 impl TestServer {
-    async fn start(config: ApiConfig) -> Self {
+    pub(crate) async fn start(config: ApiConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let inst = Installation::open(dir.path()).await.unwrap();
         let server = Server::bind(inst.clone(), "127.0.0.1:0".parse().unwrap(), config)
@@ -52,15 +52,18 @@ impl TestServer {
         }
     }
 
-    async fn default() -> Self {
+    pub(crate) async fn default() -> Self {
         Self::start(ApiConfig::default()).await
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}/{}", self.base, path.trim_start_matches('/'))
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, Value) {
+    pub(crate) async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> (StatusCode, HeaderMap, Value) {
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -74,11 +77,11 @@ impl TestServer {
         (status, headers, body)
     }
 
-    async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
+    pub(crate) async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
         self.send(self.http.get(self.url(path))).await
     }
 
-    async fn post(&self, path: &str, body: &Value) -> (StatusCode, HeaderMap, Value) {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> (StatusCode, HeaderMap, Value) {
         self.send(
             self.http
                 .post(self.url(path))
@@ -88,7 +91,7 @@ impl TestServer {
         .await
     }
 
-    async fn put(&self, path: &str, body: &Value) -> (StatusCode, HeaderMap, Value) {
+    pub(crate) async fn put(&self, path: &str, body: &Value) -> (StatusCode, HeaderMap, Value) {
         self.send(
             self.http
                 .put(self.url(path))
@@ -98,12 +101,12 @@ impl TestServer {
         .await
     }
 
-    async fn delete(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
+    pub(crate) async fn delete(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
         self.send(self.http.delete(self.url(path))).await
     }
 
     /// Stops gracefully; returns the data directory so the caller can inspect it.
-    async fn stop(mut self) -> tempfile::TempDir {
+    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
         let _ = self.shutdown.take().unwrap().send(());
         self.task.take().unwrap().await.unwrap().unwrap();
         self._dir
@@ -118,7 +121,12 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> &'a str {
 }
 
 /// Asserts an OperationOutcome error body with FHIR JSON content type; returns its diagnostics.
-fn outcome(status: StatusCode, h: &HeaderMap, body: &Value, expected: StatusCode) -> String {
+pub(crate) fn outcome(
+    status: StatusCode,
+    h: &HeaderMap,
+    body: &Value,
+    expected: StatusCode,
+) -> String {
     assert_eq!(status, expected, "body: {body}");
     assert!(
         header(h, "content-type").starts_with("application/fhir+json"),
@@ -377,7 +385,9 @@ async fn errors_are_operation_outcomes_with_the_right_status() {
         outcome(st, &h, &b, StatusCode::METHOD_NOT_ALLOWED),
         "Interaction not supported."
     );
-    let (st, h, b) = s.get("Patient").await;
+    let (st, h, b) = s
+        .send(s.http.patch(s.url("Patient?name=x")).body("[]"))
+        .await;
     outcome(st, &h, &b, StatusCode::METHOD_NOT_ALLOWED);
     let (st, h, b) = s.send(s.http.get(format!("{}/nothing/here", s.root))).await;
     outcome(st, &h, &b, StatusCode::NOT_FOUND);
@@ -497,9 +507,35 @@ async fn conditional_create_with_id() {
     let (st, _, b) = create("_id=unknown").await;
     assert_eq!(st, StatusCode::CREATED);
     assert_ne!(b["id"], "unknown", "the server assigns the id");
-    let (st, h, b) = create("identifier=http://x|1").await;
+    // Any search parameter works: the first create with this identifier creates, the
+    // second finds it.
+    let (st, _, first) = create("identifier=http://x|1").await;
+    assert_eq!(st, StatusCode::CREATED, "{first}");
+    let (st, _, b) = s
+        .send(
+            s.http
+                .post(s.url("Patient"))
+                .header("if-none-exist", "identifier=http://x|1")
+                .body(
+                    json!({"resourceType": "Patient", "identifier": [{"system": "http://x", "value": "1"}]})
+                        .to_string(),
+                ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{b}");
+    let (st, _, b) = s
+        .send(
+            s.http
+                .post(s.url("Patient"))
+                .header("if-none-exist", "identifier=http://x|1")
+                .body(patient("Again").to_string()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    assert_eq!(b["identifier"][0]["value"], "1");
+    let (st, h, b) = create("nonsense=1").await;
     let d = outcome(st, &h, &b, StatusCode::BAD_REQUEST);
-    assert!(d.contains("only the _id parameter"), "{d}");
+    assert!(d.contains("unknown search parameter 'nonsense'"), "{d}");
     s.stop().await;
 }
 
@@ -700,6 +736,7 @@ async fn capability_statement_matches_the_router() {
                 "history-instance" => ("GET", format!("{ty}/x/_history")),
                 "history-type" => ("GET", format!("{ty}/_history")),
                 "create" => ("POST", ty.to_string()),
+                "search-type" => ("GET", format!("{ty}?_id=x")),
                 other => panic!("unexpected interaction {other}"),
             };
             if ty != "Patient" && ty != "Bundle" && method != "GET" {
@@ -723,7 +760,10 @@ async fn capability_statement_matches_the_router() {
         .iter()
         .map(|i| i["code"].as_str().unwrap())
         .collect();
-    assert_eq!(system, ["transaction", "batch", "history-system"]);
+    assert_eq!(
+        system,
+        ["transaction", "batch", "history-system", "search-system"]
+    );
     s.stop().await;
 }
 

@@ -6,5 +6,6 @@ mod ingest;
 mod lake;
 mod repl;
 mod schema_gen;
+mod search;
 mod sql_dialect;
 mod sql_examples;

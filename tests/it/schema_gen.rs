@@ -291,3 +291,30 @@ fn registry_holds_every_generated_type() {
     }
     assert_eq!(registry.resource_types().count(), schemas.len());
 }
+
+/// The committed search catalogue is exactly what the generator makes from the definitions,
+/// and at least 95% of the R4 search parameter definitions compile.
+#[test]
+fn committed_search_catalogue_matches_a_fresh_generation() {
+    let Some(definitions) = definitions_dir() else {
+        return;
+    };
+    let catalog = fhirlake::search::generate::generate(&definitions, &committed())
+        .expect("search parameters compile");
+    let text =
+        std::fs::read_to_string(committed_dir().join(fhirlake::search::generate::CATALOG_FILE))
+            .unwrap();
+    let on_disk: fhirlake::search::Catalog = serde_json::from_str(&text).unwrap();
+    assert!(
+        catalog == on_disk,
+        "schemas/search/parameters.json is stale: run `fhirlake gen-schemas`"
+    );
+    let s = &catalog.summary;
+    assert!(
+        s.compiled_definitions * 100 >= s.definitions * 95,
+        "{} of {} definitions compile",
+        s.compiled_definitions,
+        s.definitions
+    );
+    assert_eq!(&catalog, fhirlake::search::Catalog::global());
+}

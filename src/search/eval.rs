@@ -1,0 +1,986 @@
+//! Search criteria evaluated on the nested Arrow columns of a lake table.
+//!
+//! A compiled [`Path`] walks struct fields and traverses lists implicitly; the criterion holds
+//! for a row when any value reached matches (FHIR search semantics over repeating elements).
+//! The evaluation works a whole column batch at a time: lists are descended through their
+//! flat child arrays and folded back to rows with their offsets, so the cost is one pass over
+//! the values actually present, with no JSON parsing. It is wrapped as a DataFusion scalar
+//! function ([`CriterionUdf`]) so the filter runs inside the scan plan.
+
+use std::any::Any;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, StructArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::DataType;
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
+};
+
+use super::catalog::{Path, Step};
+use super::value::{self, Micros, Prefix};
+
+/// How a string value must relate to the search value (both folded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StringMode {
+    /// Default: starts with, ignoring case and accents.
+    Prefix,
+    /// `:exact`: equal, case- and accent-sensitive.
+    Exact,
+    /// `:contains`: anywhere, ignoring case and accents.
+    Contains,
+}
+
+/// One token search value: `code`, `system|code`, `|code` or `system|`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// `None`: any system; `Some("")`: no system.
+    pub system: Option<String>,
+    /// `None`: any code in the system.
+    pub code: Option<String>,
+}
+
+/// A `:of-type` value: the identifier type's coding and the identifier value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OfType {
+    pub system: String,
+    pub code: String,
+    pub value: String,
+}
+
+/// A test on the value a path reaches. Several values of one parameter are ORed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Test {
+    /// The value is present.
+    Exists,
+    String {
+        values: Vec<String>,
+        mode: StringMode,
+    },
+    Token(Vec<Token>),
+    /// `:text` on tokens: display text starts with (folded).
+    TokenText(Vec<String>),
+    OfType(Vec<OfType>),
+    /// References by `Type/id` keys, or by id alone when the type is `None`.
+    Reference(Vec<(Option<String>, String)>),
+    /// Canonical or plain URL references, compared exactly (ignoring `|version`).
+    Canonical(Vec<String>),
+    /// `:identifier` on references.
+    ReferenceIdentifier(Vec<Token>),
+    Date(Vec<(Prefix, Micros, Micros)>),
+    Number(Vec<(Prefix, f64, f64)>),
+    Quantity(Vec<QuantityValue>),
+    Uri {
+        values: Vec<String>,
+        mode: UriMode,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantityValue {
+    pub prefix: Prefix,
+    pub lo: f64,
+    pub hi: f64,
+    pub system: Option<String>,
+    pub code: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UriMode {
+    Exact,
+    Below,
+    Above,
+}
+
+/// A criterion on one table: any path matching makes the row match (optionally negated).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Criterion {
+    Paths {
+        paths: Vec<Path>,
+        test: Test,
+        negate: bool,
+    },
+    /// A composite parameter: every component matches within one element of `base` (or the
+    /// row, when `base` is `None`).
+    Composite {
+        base: Option<Path>,
+        components: Vec<(Vec<Path>, Test)>,
+    },
+    /// Any of several criteria (comma-separated composite values).
+    Any(Vec<Criterion>),
+}
+
+impl Criterion {
+    /// The top-level columns the criterion reads, in first-use order.
+    pub fn columns(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut add = |p: &Path| {
+            if let Some(c) = &p.column
+                && !out.contains(c)
+            {
+                out.push(c.clone());
+            }
+        };
+        self.visit_paths(&mut add);
+        out
+    }
+
+    fn visit_paths(&self, f: &mut impl FnMut(&Path)) {
+        match self {
+            Criterion::Paths { paths, .. } => paths.iter().for_each(f),
+            Criterion::Composite { base, components } => {
+                if let Some(b) = base {
+                    f(b);
+                }
+                for (paths, _) in components {
+                    paths.iter().for_each(&mut *f);
+                }
+            }
+            Criterion::Any(all) => all.iter().for_each(|c| c.visit_paths(f)),
+        }
+    }
+
+    /// Evaluates the criterion on a batch given by its columns (named as [`Self::columns`]).
+    pub fn evaluate(&self, columns: &[(String, ArrayRef)], rows: usize) -> DFResult<Vec<bool>> {
+        match self {
+            Criterion::Paths {
+                paths,
+                test,
+                negate,
+            } => {
+                let mut out = vec![false; rows];
+                for path in paths {
+                    let Some(array) = column(columns, path) else {
+                        continue;
+                    };
+                    let hit = walk(array, &path.steps, &|a| leaf(a, &path.fhir, test))?;
+                    or_into(&mut out, &hit);
+                }
+                if *negate {
+                    out.iter_mut().for_each(|b| *b = !*b);
+                }
+                Ok(out)
+            }
+            Criterion::Composite { base, components } => match base {
+                None => {
+                    let mut out = vec![true; rows];
+                    for (paths, test) in components {
+                        let part = Criterion::Paths {
+                            paths: paths.clone(),
+                            test: test.clone(),
+                            negate: false,
+                        }
+                        .evaluate(columns, rows)?;
+                        and_into(&mut out, &part);
+                    }
+                    Ok(out)
+                }
+                Some(base) => {
+                    let Some(array) = column(columns, base) else {
+                        return Ok(vec![false; rows]);
+                    };
+                    walk(array, &base.steps, &|element| {
+                        let mut all = vec![true; element.len()];
+                        for (paths, test) in components {
+                            let mut any = vec![false; element.len()];
+                            for p in paths {
+                                let hit = walk(element, &p.steps, &|a| leaf(a, &p.fhir, test))?;
+                                or_into(&mut any, &hit);
+                            }
+                            and_into(&mut all, &any);
+                        }
+                        Ok(all)
+                    })
+                }
+            },
+            Criterion::Any(all) => {
+                let mut out = vec![false; rows];
+                for c in all {
+                    or_into(&mut out, &c.evaluate(columns, rows)?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+fn column<'a>(columns: &'a [(String, ArrayRef)], path: &Path) -> Option<&'a ArrayRef> {
+    let name = path.column.as_deref()?;
+    columns.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+}
+
+fn or_into(out: &mut [bool], other: &[bool]) {
+    out.iter_mut().zip(other).for_each(|(a, b)| *a |= *b);
+}
+
+fn and_into(out: &mut [bool], other: &[bool]) {
+    out.iter_mut().zip(other).for_each(|(a, b)| *a &= *b);
+}
+
+type Leaf<'a> = dyn Fn(&ArrayRef) -> DFResult<Vec<bool>> + 'a;
+
+/// Walks `steps` from `array`; true per element of `array` when some value reached passes
+/// `leaf`. Lists anywhere are traversed and folded back with their offsets.
+pub fn walk(array: &ArrayRef, steps: &[Step], leaf: &Leaf<'_>) -> DFResult<Vec<bool>> {
+    if let Some(list) = array.as_list_opt::<i32>() {
+        let inner = walk(list.values(), steps, leaf)?;
+        let offsets = list.value_offsets();
+        return Ok((0..list.len())
+            .map(|i| {
+                list.is_valid(i)
+                    && inner[offsets[i] as usize..offsets[i + 1] as usize]
+                        .iter()
+                        .any(|b| *b)
+            })
+            .collect());
+    }
+    if let Some(list) = array.as_list_opt::<i64>() {
+        let inner = walk(list.values(), steps, leaf)?;
+        let offsets = list.value_offsets();
+        return Ok((0..list.len())
+            .map(|i| {
+                list.is_valid(i)
+                    && inner[offsets[i] as usize..offsets[i + 1] as usize]
+                        .iter()
+                        .any(|b| *b)
+            })
+            .collect());
+    }
+    let Some((step, rest)) = steps.split_first() else {
+        let mut out = leaf(array)?;
+        mask_nulls(&mut out, array);
+        return Ok(out);
+    };
+    let Some(s) = array.as_struct_opt() else {
+        return Err(DataFusionError::Internal(format!(
+            "search path step {step:?} on a non-struct column of type {}",
+            array.data_type()
+        )));
+    };
+    let mut out = match step {
+        Step::Field(name) => match s.column_by_name(name) {
+            Some(child) => walk(child, rest, leaf)?,
+            None => vec![false; s.len()],
+        },
+        Step::Resolves(target) => {
+            let mut out = walk(array, rest, leaf)?;
+            let kinds = reference_types(s)?;
+            out.iter_mut()
+                .zip(kinds)
+                .for_each(|(b, t)| *b &= t.as_deref() == Some(target.as_str()));
+            out
+        }
+        Step::Where { element, value } => {
+            let mut out = walk(array, rest, leaf)?;
+            match s.column_by_name(element) {
+                Some(child) => {
+                    let strings = utf8(child)?;
+                    for (i, b) in out.iter_mut().enumerate() {
+                        *b &= strings.is_valid(i) && strings.value(i) == value;
+                    }
+                }
+                None => out.iter_mut().for_each(|b| *b = false),
+            }
+            out
+        }
+    };
+    mask_nulls(&mut out, array);
+    Ok(out)
+}
+
+fn mask_nulls(out: &mut [bool], array: &ArrayRef) {
+    if let Some(nulls) = array.logical_nulls() {
+        out.iter_mut()
+            .zip(nulls.iter())
+            .for_each(|(b, valid)| *b &= valid);
+    }
+}
+
+/// The arrays of a struct's children by name, as Utf8.
+fn utf8(array: &ArrayRef) -> DFResult<StringArray> {
+    Ok(cast(array, &DataType::Utf8)?.as_string::<i32>().clone())
+}
+
+/// The target resource type of each reference in a `Reference` struct array: its `type`
+/// element, else the type part of `reference`.
+fn reference_types(s: &StructArray) -> DFResult<Vec<Option<String>>> {
+    let refs = s.column_by_name("reference").map(utf8).transpose()?;
+    let types = s.column_by_name("type").map(utf8).transpose()?;
+    Ok((0..s.len())
+        .map(|i| {
+            if let Some(t) = types.as_ref().filter(|t| t.is_valid(i)) {
+                return Some(t.value(i).to_string());
+            }
+            let r = refs.as_ref().filter(|r| r.is_valid(i))?;
+            value::reference_key(r.value(i)).map(|(t, _)| t.to_string())
+        })
+        .collect())
+}
+
+fn child<'a>(array: &'a ArrayRef, name: &str) -> Option<&'a ArrayRef> {
+    array.as_struct_opt()?.column_by_name(name)
+}
+
+/// Evaluates `test` on each value of a leaf array of FHIR type `fhir`.
+fn leaf(array: &ArrayRef, fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
+    let n = array.len();
+    let none = || Ok(vec![false; n]);
+    let any_of = |fields: &[&str], test: &Test, fhir_of: &str| -> DFResult<Vec<bool>> {
+        let mut out = vec![false; n];
+        for f in fields {
+            if let Some(c) = child(array, f) {
+                let hit = walk(c, &[], &|a| leaf(a, fhir_of, test))?;
+                or_into(&mut out, &hit);
+            }
+        }
+        Ok(out)
+    };
+    match test {
+        Test::Exists => Ok(vec![true; n]),
+        Test::String { values, mode } => match fhir {
+            "HumanName" => any_of(
+                &["text", "family", "given", "prefix", "suffix"],
+                test,
+                "string",
+            ),
+            "Address" => any_of(
+                &[
+                    "text",
+                    "line",
+                    "city",
+                    "district",
+                    "state",
+                    "postalCode",
+                    "country",
+                ],
+                test,
+                "string",
+            ),
+            _ => strings(array, |s| string_matches(s, values, *mode)),
+        },
+        Test::Token(tokens) => match fhir {
+            "CodeableConcept" => any_of(&["coding"], test, "Coding"),
+            "Coding" => system_code(array, "system", "code", tokens),
+            "Identifier" => system_code(array, "system", "value", tokens),
+            "ContactPoint" => system_code(array, "system", "value", tokens),
+            "boolean" => {
+                let b = array.as_boolean_opt();
+                Ok((0..n)
+                    .map(|i| {
+                        b.is_some_and(|b| b.is_valid(i)) && {
+                            let v = if b.unwrap().value(i) { "true" } else { "false" };
+                            tokens.iter().any(|t| t.code.as_deref() == Some(v))
+                        }
+                    })
+                    .collect())
+            }
+            _ => strings(array, |s| {
+                tokens.iter().any(|t| match &t.code {
+                    Some(code) => code == s,
+                    None => false,
+                })
+            }),
+        },
+        Test::TokenText(values) => match fhir {
+            "CodeableConcept" => {
+                let mut out = any_of(&["text"], test, "string")?;
+                or_into(&mut out, &any_of(&["coding"], test, "Coding")?);
+                Ok(out)
+            }
+            "Coding" => any_of(&["display"], test, "string"),
+            "Identifier" => match child(array, "type") {
+                Some(t) => walk(t, &[], &|a| leaf(a, "CodeableConcept", test)),
+                None => none(),
+            },
+            _ => strings(array, |s| string_matches(s, values, StringMode::Prefix)),
+        },
+        Test::OfType(values) => {
+            if fhir != "Identifier" {
+                return none();
+            }
+            let mut out = vec![false; n];
+            for v in values {
+                let token = vec![Token {
+                    system: Some(v.system.clone()),
+                    code: Some(v.code.clone()),
+                }];
+                let typed = match child(array, "type") {
+                    Some(t) => walk(t, &[], &|a| {
+                        leaf(a, "CodeableConcept", &Test::Token(token.clone()))
+                    })?,
+                    None => vec![false; n],
+                };
+                let valued = match child(array, "value") {
+                    Some(c) => strings(c, |s| s == v.value)?,
+                    None => vec![false; n],
+                };
+                for i in 0..n {
+                    out[i] |= typed[i] && valued[i];
+                }
+            }
+            Ok(out)
+        }
+        Test::Reference(keys) => match fhir {
+            "Reference" => match child(array, "reference") {
+                Some(r) => strings(r, |s| reference_matches(s, keys)),
+                None => none(),
+            },
+            _ => strings(array, |s| reference_matches(s, keys)),
+        },
+        Test::Canonical(urls) => {
+            let target = if fhir == "Reference" {
+                match child(array, "reference") {
+                    Some(r) => r,
+                    None => return none(),
+                }
+            } else {
+                array
+            };
+            strings(target, |s| {
+                let s = s.split('|').next().unwrap_or(s);
+                urls.iter().any(|u| u == s)
+            })
+        }
+        Test::ReferenceIdentifier(tokens) => match child(array, "identifier") {
+            Some(id) => walk(id, &[], &|a| {
+                leaf(a, "Identifier", &Test::Token(tokens.clone()))
+            }),
+            None => none(),
+        },
+        Test::Date(values) => {
+            let ranges = date_ranges(array, fhir)?;
+            Ok(ranges
+                .iter()
+                .map(|r| {
+                    r.iter().any(|&(t_lo, t_hi)| {
+                        values.iter().any(|&(p, lo, hi)| {
+                            let (lo, hi) = if p == Prefix::Ap {
+                                value::approximate(lo, hi)
+                            } else {
+                                (lo, hi)
+                            };
+                            p.matches(lo, hi, t_lo, t_hi)
+                        })
+                    })
+                })
+                .collect())
+        }
+        Test::Number(values) => {
+            let numbers = numbers(array)?;
+            Ok(numbers
+                .iter()
+                .map(|v| v.is_some_and(|v| number_matches(v, values)))
+                .collect())
+        }
+        Test::Quantity(values) => {
+            if fhir == "Range" {
+                let (Some(low), Some(high)) = (child(array, "low"), child(array, "high")) else {
+                    return none();
+                };
+                let lo = numbers(child(low, "value").unwrap_or(low))?;
+                let hi = numbers(child(high, "value").unwrap_or(high))?;
+                return Ok((0..n)
+                    .map(|i| {
+                        let t_lo = lo[i].unwrap_or(f64::NEG_INFINITY);
+                        let t_hi = hi[i].unwrap_or(f64::INFINITY);
+                        (lo[i].is_some() || hi[i].is_some())
+                            && values
+                                .iter()
+                                .any(|q| q.prefix.matches(q.lo, q.hi, t_lo, t_hi))
+                    })
+                    .collect());
+            }
+            let Some(v) = child(array, "value") else {
+                return none();
+            };
+            let nums = numbers(v)?;
+            let systems = child(array, "system").map(utf8).transpose()?;
+            let codes = child(array, "code").map(utf8).transpose()?;
+            let units = child(array, "unit").map(utf8).transpose()?;
+            let text = |a: &Option<StringArray>, i: usize| {
+                a.as_ref()
+                    .filter(|a| a.is_valid(i))
+                    .map(|a| a.value(i).to_string())
+            };
+            Ok((0..n)
+                .map(|i| {
+                    let Some(x) = nums[i] else { return false };
+                    values.iter().any(|q| {
+                        number_matches(x, &[(q.prefix, q.lo, q.hi)])
+                            && q.system
+                                .as_ref()
+                                .is_none_or(|s| text(&systems, i).as_deref() == Some(s))
+                            && q.code.as_ref().is_none_or(|c| {
+                                text(&codes, i).as_deref() == Some(c)
+                                    || (q.system.is_none() && text(&units, i).as_deref() == Some(c))
+                            })
+                    })
+                })
+                .collect())
+        }
+        Test::Uri { values, mode } => strings(array, |s| {
+            values.iter().any(|v| match mode {
+                UriMode::Exact => s == v,
+                UriMode::Below => s.starts_with(v.as_str()),
+                UriMode::Above => v.starts_with(s),
+            })
+        }),
+    }
+}
+
+fn strings(array: &ArrayRef, pred: impl Fn(&str) -> bool) -> DFResult<Vec<bool>> {
+    if !matches!(
+        array.data_type(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+    ) {
+        return Ok(vec![false; array.len()]);
+    }
+    let s = utf8(array)?;
+    Ok((0..s.len())
+        .map(|i| s.is_valid(i) && pred(s.value(i)))
+        .collect())
+}
+
+fn string_matches(s: &str, values: &[String], mode: StringMode) -> bool {
+    match mode {
+        StringMode::Exact => values.iter().any(|v| v == s),
+        StringMode::Prefix => {
+            let f = value::fold(s);
+            values.iter().any(|v| f.starts_with(v.as_str()))
+        }
+        StringMode::Contains => {
+            let f = value::fold(s);
+            values.iter().any(|v| f.contains(v.as_str()))
+        }
+    }
+}
+
+fn reference_matches(reference: &str, keys: &[(Option<String>, String)]) -> bool {
+    let Some((ty, id)) = value::reference_key(reference) else {
+        return keys.iter().any(|(_, k)| k == reference);
+    };
+    keys.iter()
+        .any(|(t, k)| k == id && t.as_deref().is_none_or(|t| t == ty))
+}
+
+fn system_code(
+    array: &ArrayRef,
+    system_field: &str,
+    code_field: &str,
+    tokens: &[Token],
+) -> DFResult<Vec<bool>> {
+    let n = array.len();
+    let systems = child(array, system_field).map(utf8).transpose()?;
+    let codes = child(array, code_field).map(utf8).transpose()?;
+    let get = |a: &Option<StringArray>, i: usize| {
+        a.as_ref()
+            .filter(|a| a.is_valid(i))
+            .map(|a| a.value(i).to_string())
+    };
+    Ok((0..n)
+        .map(|i| {
+            let system = get(&systems, i);
+            let code = get(&codes, i);
+            tokens.iter().any(|t| {
+                let system_ok = match t.system.as_deref() {
+                    None => true,
+                    Some("") => system.is_none(),
+                    Some(s) => system.as_deref() == Some(s),
+                };
+                let code_ok = match t.code.as_deref() {
+                    None => true,
+                    Some(c) => code.as_deref() == Some(c),
+                };
+                system_ok && code_ok
+            })
+        })
+        .collect())
+}
+
+fn number_matches(x: f64, values: &[(Prefix, f64, f64)]) -> bool {
+    values.iter().any(|&(p, lo, hi)| match p {
+        Prefix::Eq => lo <= x && x < hi,
+        Prefix::Ne => !(lo <= x && x < hi),
+        Prefix::Gt | Prefix::Sa => x > (lo + hi) / 2.0,
+        Prefix::Lt | Prefix::Eb => x < (lo + hi) / 2.0,
+        Prefix::Ge => x >= (lo + hi) / 2.0,
+        Prefix::Le => x <= (lo + hi) / 2.0,
+        Prefix::Ap => {
+            let mid = (lo + hi) / 2.0;
+            (x - mid).abs() <= (mid.abs() * 0.1).max(hi - lo)
+        }
+    })
+}
+
+fn numbers(array: &ArrayRef) -> DFResult<Vec<Option<f64>>> {
+    if !array.data_type().is_numeric() {
+        return Ok(vec![None; array.len()]);
+    }
+    let a = cast(array, &DataType::Float64)?;
+    let a: &Float64Array = a.as_primitive();
+    Ok(a.iter().collect())
+}
+
+/// The ranges each value of a date-like leaf denotes (a Timing has several).
+fn date_ranges(array: &ArrayRef, fhir: &str) -> DFResult<Vec<Vec<(Micros, Micros)>>> {
+    let n = array.len();
+    let parse = |a: &ArrayRef| -> DFResult<Vec<Option<(Micros, Micros)>>> {
+        if !matches!(
+            a.data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+        ) {
+            return Ok(vec![None; a.len()]);
+        }
+        let s = utf8(a)?;
+        Ok((0..s.len())
+            .map(|i| {
+                s.is_valid(i)
+                    .then(|| value::date_range(s.value(i)))
+                    .flatten()
+            })
+            .collect())
+    };
+    match fhir {
+        "Period" => {
+            let start = child(array, "start").map(parse).transpose()?;
+            let end = child(array, "end").map(parse).transpose()?;
+            Ok((0..n)
+                .map(|i| {
+                    let lo = start.as_ref().and_then(|s| s[i]).map(|r| r.0);
+                    let hi = end.as_ref().and_then(|e| e[i]).map(|r| r.1);
+                    if lo.is_none() && hi.is_none() {
+                        return vec![];
+                    }
+                    vec![(lo.unwrap_or(i64::MIN), hi.unwrap_or(i64::MAX))]
+                })
+                .collect())
+        }
+        "Timing" => {
+            let Some(events) = child(array, "event") else {
+                return Ok(vec![vec![]; n]);
+            };
+            let Some(list) = events.as_list_opt::<i32>() else {
+                return Ok(vec![vec![]; n]);
+            };
+            let values = parse(list.values())?;
+            let offsets = list.value_offsets();
+            Ok((0..n)
+                .map(|i| {
+                    values[offsets[i] as usize..offsets[i + 1] as usize]
+                        .iter()
+                        .flatten()
+                        .copied()
+                        .collect()
+                })
+                .collect())
+        }
+        _ => Ok(parse(array)?
+            .into_iter()
+            .map(|r| r.into_iter().collect())
+            .collect()),
+    }
+}
+
+/// A search criterion as a DataFusion scalar function over the columns it reads, returning
+/// whether each row matches.
+#[derive(Debug)]
+pub struct CriterionUdf {
+    name: String,
+    columns: Vec<String>,
+    criterion: Arc<Criterion>,
+    signature: Signature,
+}
+
+impl CriterionUdf {
+    pub fn new(criterion: Criterion) -> Self {
+        let columns = criterion.columns();
+        let name = format!("fhir_search_{}", columns.join("_"));
+        Self {
+            signature: Signature::any(columns.len().max(1), Volatility::Immutable),
+            name,
+            columns,
+            criterion: Arc::new(criterion),
+        }
+    }
+
+    /// The columns to pass as arguments, in order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+}
+
+impl PartialEq for CriterionUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.columns == other.columns && self.criterion == other.criterion
+    }
+}
+
+impl Eq for CriterionUdf {}
+
+impl Hash for CriterionUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+        format!("{:?}", self.criterion).hash(state);
+    }
+}
+
+impl ScalarUDFImpl for CriterionUdf {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
+        Ok(DataType::Boolean)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let columns: Vec<(String, ArrayRef)> = self.columns.iter().cloned().zip(arrays).collect();
+        let out = self.criterion.evaluate(&columns, rows)?;
+        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
+    }
+}
+
+/// Sort keys of a search parameter, one per row: the smallest value for ascending order, the
+/// largest for descending. Dates sort by instant, numbers and quantities by value, everything
+/// else by folded text.
+#[derive(Debug)]
+pub struct SortKeyUdf {
+    name: String,
+    paths: Vec<Path>,
+    kind: SortKind,
+    descending: bool,
+    columns: Vec<String>,
+    signature: Signature,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SortKind {
+    Date,
+    Number,
+    Text,
+}
+
+impl SortKeyUdf {
+    pub fn new(paths: Vec<Path>, kind: SortKind, descending: bool) -> Self {
+        let mut columns: Vec<String> = Vec::new();
+        for p in &paths {
+            if let Some(c) = &p.column
+                && !columns.contains(c)
+            {
+                columns.push(c.clone());
+            }
+        }
+        Self {
+            name: format!("fhir_sort_{}", columns.join("_")),
+            signature: Signature::any(columns.len().max(1), Volatility::Immutable),
+            paths,
+            kind,
+            descending,
+            columns,
+        }
+    }
+
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The best key per row over the values of every path.
+    fn keys(&self, columns: &[(String, ArrayRef)], rows: usize) -> DFResult<KeyColumn> {
+        let mut dates: Vec<Option<i64>> = vec![None; rows];
+        let mut nums: Vec<Option<f64>> = vec![None; rows];
+        let mut texts: Vec<Option<String>> = vec![None; rows];
+        let desc = self.descending;
+        for path in &self.paths {
+            let Some(array) = column(columns, path) else {
+                continue;
+            };
+            let (leaf, owners) = flatten(array, &path.steps, (0..rows).collect());
+            match self.kind {
+                SortKind::Date => {
+                    for (i, ranges) in date_ranges(&leaf, &path.fhir)?.into_iter().enumerate() {
+                        for (lo, hi) in ranges {
+                            if owners[i] != usize::MAX {
+                                let k = if desc { hi } else { lo };
+                                dates[owners[i]] = Some(pick(dates[owners[i]], k, desc));
+                            }
+                        }
+                    }
+                }
+                SortKind::Number => {
+                    let (leaf, owners) = match path.fhir.as_str() {
+                        "Quantity" | "SimpleQuantity" | "Age" | "Duration" | "Count"
+                        | "Distance" | "Money" | "MoneyQuantity" => {
+                            flatten(&leaf, &[Step::Field("value".into())], owners)
+                        }
+                        _ => (leaf, owners),
+                    };
+                    for (i, v) in numbers(&leaf)?.into_iter().enumerate() {
+                        if let (Some(x), true) = (v, owners[i] != usize::MAX) {
+                            let r = owners[i];
+                            nums[r] = Some(match nums[r] {
+                                None => x,
+                                Some(y) if desc => y.max(x),
+                                Some(y) => y.min(x),
+                            });
+                        }
+                    }
+                }
+                SortKind::Text => {
+                    let sub: &[&str] = match path.fhir.as_str() {
+                        "HumanName" => &["family"],
+                        "Address" => &["city"],
+                        "Coding" => &["code"],
+                        "CodeableConcept" => &["coding", "code"],
+                        "Identifier" | "ContactPoint" => &["value"],
+                        "Reference" => &["reference"],
+                        _ => &[],
+                    };
+                    let steps: Vec<Step> = sub.iter().map(|f| Step::Field(f.to_string())).collect();
+                    let (leaf, owners) = flatten(&leaf, &steps, owners);
+                    let text = match leaf.data_type() {
+                        DataType::Utf8
+                        | DataType::LargeUtf8
+                        | DataType::Utf8View
+                        | DataType::Boolean => utf8(&leaf)?,
+                        _ => continue,
+                    };
+                    for i in 0..text.len() {
+                        if owners[i] == usize::MAX || !text.is_valid(i) {
+                            continue;
+                        }
+                        let t = value::fold(text.value(i));
+                        let slot = &mut texts[owners[i]];
+                        let better = match slot {
+                            None => true,
+                            Some(y) => (desc && t > *y) || (!desc && t < *y),
+                        };
+                        if better {
+                            *slot = Some(t);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(match self.kind {
+            SortKind::Date => KeyColumn::Date(dates),
+            SortKind::Number => KeyColumn::Number(nums),
+            SortKind::Text => KeyColumn::Text(texts),
+        })
+    }
+}
+
+fn pick(current: Option<i64>, k: i64, descending: bool) -> i64 {
+    match current {
+        None => k,
+        Some(c) if descending => c.max(k),
+        Some(c) => c.min(k),
+    }
+}
+
+enum KeyColumn {
+    Date(Vec<Option<i64>>),
+    Number(Vec<Option<f64>>),
+    Text(Vec<Option<String>>),
+}
+
+/// The values `steps` reach below `array`, flattened into one array, with the row each
+/// belongs to (`usize::MAX` below a null parent). `owners` gives the row of each element of
+/// `array`. Filters (`Resolves`, `Where`) are not applied: sorting uses every value.
+fn flatten(array: &ArrayRef, steps: &[Step], owners: Vec<usize>) -> (ArrayRef, Vec<usize>) {
+    let masked = |owners: Vec<usize>, a: &ArrayRef| -> Vec<usize> {
+        match a.logical_nulls() {
+            Some(nulls) => owners
+                .into_iter()
+                .zip(nulls.iter())
+                .map(|(o, valid)| if valid { o } else { usize::MAX })
+                .collect(),
+            None => owners,
+        }
+    };
+    if let Some(list) = array.as_list_opt::<i32>() {
+        let owners = masked(owners, array);
+        let offsets = list.value_offsets();
+        let mut inner = vec![usize::MAX; list.values().len()];
+        for (i, owner) in owners.iter().enumerate() {
+            for slot in &mut inner[offsets[i] as usize..offsets[i + 1] as usize] {
+                *slot = *owner;
+            }
+        }
+        return flatten(list.values(), steps, inner);
+    }
+    match steps.split_first() {
+        None => (array.clone(), owners),
+        Some((Step::Field(name), rest)) => match child(array, name) {
+            Some(c) => {
+                let owners = masked(owners, array);
+                flatten(c, rest, owners)
+            }
+            None => (array.slice(0, 0), Vec::new()),
+        },
+        Some((_, rest)) => flatten(array, rest, owners),
+    }
+}
+
+impl PartialEq for SortKeyUdf {
+    fn eq(&self, other: &Self) -> bool {
+        self.paths == other.paths && self.kind == other.kind && self.descending == other.descending
+    }
+}
+
+impl Eq for SortKeyUdf {}
+
+impl Hash for SortKeyUdf {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.paths.hash(state);
+        self.kind.hash(state);
+        self.descending.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for SortKeyUdf {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
+        Ok(match self.kind {
+            SortKind::Date => DataType::Int64,
+            SortKind::Number => DataType::Float64,
+            SortKind::Text => DataType::Utf8,
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
+        let rows = args.number_rows;
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let columns: Vec<(String, ArrayRef)> = self.columns.iter().cloned().zip(arrays).collect();
+        let array: ArrayRef = match self.keys(&columns, rows)? {
+            KeyColumn::Date(v) => Arc::new(Int64Array::from(v)),
+            KeyColumn::Number(v) => Arc::new(Float64Array::from(v)),
+            KeyColumn::Text(v) => Arc::new(StringArray::from(v)),
+        };
+        Ok(ColumnarValue::Array(array))
+    }
+}
