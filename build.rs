@@ -5,7 +5,10 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    // Read at run time: a build script binary compiled for another checkout must not embed
+    // that checkout's files.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let dir = Path::new(&manifest_dir).join("schemas");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut entries: Vec<(String, String)> = Vec::new();
     if let Ok(read_dir) = std::fs::read_dir(&dir) {
@@ -18,6 +21,11 @@ fn main() {
             }
         }
     }
+    assert!(
+        !entries.is_empty(),
+        "no schemas/*.json under {}: run `fhirlake gen-schemas`",
+        dir.display()
+    );
     entries.sort();
     let mut out = String::from("static EMBEDDED_SCHEMAS: &[(&str, &str)] = &[\n");
     for (name, path) in &entries {
