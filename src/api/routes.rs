@@ -34,6 +34,7 @@ pub(super) fn router(state: ApiState) -> Router {
     let base = "/datastore/{ds}/r4";
     let mut routes = Router::new()
         .route("/metadata", get(root_metadata))
+        .route("/metrics", get(metrics_handler))
         .route(&format!("{base}/$lake-status"), get(lake_status_handler));
     // One route per advertised interaction: the CapabilityStatement is generated from the
     // same table, so the two cannot disagree.
@@ -607,4 +608,14 @@ async fn conditional_delete(
     }
     .await;
     render(result, p.format, &p.ctx.base)
+}
+
+async fn metrics_handler(State(state): State<ApiState>) -> Response {
+    match lake_status::metrics(&state).await {
+        Ok(text) => Response::builder()
+            .header(header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .body(AxumBody::from(text))
+            .expect("static response parts"),
+        Err(e) => render(Err(e), Format::default(), ""),
+    }
 }

@@ -86,6 +86,23 @@ impl Committer {
         }
     }
 
+    /// Where the catalog points for `ident`, `None` when the table does not exist.
+    pub async fn metadata_location(
+        &self,
+        ident: &TableIdent,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT metadata_location FROM iceberg_tables \
+             WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
+             AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL)",
+        )
+        .bind(&self.catalog_name)
+        .bind(ident.namespace().join("."))
+        .bind(ident.name())
+        .fetch_optional(&self.pool)
+        .await
+    }
+
     /// Applies `changes` as one new snapshot, retrying on concurrent commits.
     pub async fn commit(
         &self,

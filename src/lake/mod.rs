@@ -60,6 +60,10 @@ pub struct Lake {
     catalog: Arc<SqlCatalog>,
     committer: Committer,
     warehouse: PathBuf,
+    /// Loaded tables by identifier. An entry is used only while the catalog still points at
+    /// its metadata file, so it saves re-reading and re-parsing the (large, for wide types)
+    /// metadata JSON on every scan and search without ever serving a stale snapshot.
+    tables: Arc<std::sync::Mutex<HashMap<TableIdent, Table>>>,
 }
 
 impl Lake {
@@ -103,6 +107,7 @@ impl Lake {
             catalog,
             committer,
             warehouse,
+            tables: Default::default(),
         })
     }
 
@@ -134,10 +139,25 @@ impl Lake {
         resource_type: &str,
     ) -> Result<Option<Table>, LakeError> {
         let ident = Self::table_ident(datastore, resource_type);
-        if !self.catalog.table_exists(&ident).await? {
+        let Some(location) = self.committer.metadata_location(&ident).await? else {
             return Ok(None);
+        };
+        let cached = self
+            .tables
+            .lock()
+            .expect("table cache lock")
+            .get(&ident)
+            .filter(|t| t.metadata_location() == Some(location.as_str()))
+            .cloned();
+        if let Some(table) = cached {
+            return Ok(Some(table));
         }
-        Ok(Some(self.catalog.load_table(&ident).await?))
+        let table = self.catalog.load_table(&ident).await?;
+        self.tables
+            .lock()
+            .expect("table cache lock")
+            .insert(ident, table.clone());
+        Ok(Some(table))
     }
 
     /// The table of `resource_type`, created (with its namespace) on first use.

@@ -1109,6 +1109,22 @@ async fn writes_reach_sql_within_two_seconds() {
     assert_eq!(status["inSync"], true, "{status}");
     assert_eq!(status["pendingChanges"], 0);
     assert!(status["storeSeq"].as_i64().unwrap() >= 1);
+    // The same figures as Prometheus metrics at the server root.
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.root))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("# TYPE fhirlake_lake_lag_seconds gauge")
+            && metrics.contains("fhirlake_lake_pending_changes{datastore=\"fhir\"")
+            && metrics.contains("fhirlake_lake_lag_seconds{datastore=\"fhir\""),
+        "{metrics}"
+    );
 
     let (st, _, _) = s.delete(&format!("Patient/{id}")).await;
     assert_eq!(st, StatusCode::NO_CONTENT);
