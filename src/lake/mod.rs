@@ -8,6 +8,7 @@ pub mod commit;
 pub mod compact;
 pub mod flatten;
 pub mod provider;
+pub mod scan;
 pub mod sync;
 pub mod write;
 

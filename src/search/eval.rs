@@ -4,22 +4,12 @@
 //! for a row when any value reached matches (FHIR search semantics over repeating elements).
 //! The evaluation works a whole column batch at a time: lists are descended through their
 //! flat child arrays and folded back to rows with their offsets, so the cost is one pass over
-//! the values actually present, with no JSON parsing. It is wrapped as a DataFusion scalar
-//! function ([`CriterionUdf`]) so the filter runs inside the scan plan.
+//! the values actually present, with no JSON parsing.
 
-use std::any::Any;
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
-
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, StringArray, StructArray,
-};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StructArray};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result as DFResult};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDFImpl, Signature, Volatility,
-};
 
 use super::catalog::{Path, Step};
 use super::value::{self, Micros, Prefix};
@@ -424,13 +414,16 @@ fn leaf(array: &ArrayRef, fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
             }
             Ok(out)
         }
-        Test::Reference(keys) => match fhir {
-            "Reference" => match child(array, "reference") {
-                Some(r) => strings(r, |s| reference_matches(s, keys)),
-                None => none(),
-            },
-            _ => strings(array, |s| reference_matches(s, keys)),
-        },
+        Test::Reference(keys) => {
+            let matcher = ReferenceMatcher::new(keys);
+            match fhir {
+                "Reference" => match child(array, "reference") {
+                    Some(r) => strings(r, |s| matcher.matches(s)),
+                    None => none(),
+                },
+                _ => strings(array, |s| matcher.matches(s)),
+            }
+        }
         Test::Canonical(urls) => {
             let target = if fhir == "Reference" {
                 match child(array, "reference") {
@@ -559,6 +552,50 @@ fn string_matches(s: &str, values: &[String], mode: StringMode) -> bool {
     }
 }
 
+/// Reference search values prepared for matching many stored references: exact `Type/id`
+/// keys and bare ids in hash sets, so the common relative reference costs one lookup.
+struct ReferenceMatcher<'a> {
+    keys: &'a [(Option<String>, String)],
+    typed: std::collections::HashSet<String>,
+    untyped: std::collections::HashSet<&'a str>,
+}
+
+impl<'a> ReferenceMatcher<'a> {
+    fn new(keys: &'a [(Option<String>, String)]) -> Self {
+        let mut typed = std::collections::HashSet::new();
+        let mut untyped = std::collections::HashSet::new();
+        for (t, id) in keys {
+            match t {
+                Some(t) => {
+                    typed.insert(format!("{t}/{id}"));
+                }
+                None => {
+                    untyped.insert(id.as_str());
+                }
+            }
+        }
+        Self {
+            keys,
+            typed,
+            untyped,
+        }
+    }
+
+    fn matches(&self, reference: &str) -> bool {
+        if self.typed.contains(reference) {
+            return true;
+        }
+        if reference.contains("://") || reference.contains("/_history/") {
+            return reference_matches(reference, self.keys);
+        }
+        if self.untyped.is_empty() {
+            return false;
+        }
+        let id = reference.rsplit('/').next().unwrap_or(reference);
+        self.untyped.contains(id) && (reference.contains('/') || self.untyped.contains(reference))
+    }
+}
+
 fn reference_matches(reference: &str, keys: &[(Option<String>, String)]) -> bool {
     let Some((ty, id)) = value::reference_key(reference) else {
         return keys.iter().any(|(_, k)| k == reference);
@@ -576,26 +613,23 @@ fn system_code(
     let n = array.len();
     let systems = child(array, system_field).map(utf8).transpose()?;
     let codes = child(array, code_field).map(utf8).transpose()?;
-    let get = |a: &Option<StringArray>, i: usize| {
-        a.as_ref()
-            .filter(|a| a.is_valid(i))
-            .map(|a| a.value(i).to_string())
-    };
+    fn get(a: &Option<StringArray>, i: usize) -> Option<&str> {
+        a.as_ref().filter(|a| a.is_valid(i)).map(|a| a.value(i))
+    }
     Ok((0..n)
         .map(|i| {
-            let system = get(&systems, i);
             let code = get(&codes, i);
             tokens.iter().any(|t| {
-                let system_ok = match t.system.as_deref() {
-                    None => true,
-                    Some("") => system.is_none(),
-                    Some(s) => system.as_deref() == Some(s),
-                };
                 let code_ok = match t.code.as_deref() {
                     None => true,
-                    Some(c) => code.as_deref() == Some(c),
+                    Some(c) => code == Some(c),
                 };
-                system_ok && code_ok
+                code_ok
+                    && match t.system.as_deref() {
+                        None => true,
+                        Some("") => get(&systems, i).is_none(),
+                        Some(s) => get(&systems, i) == Some(s),
+                    }
             })
         })
         .collect())
@@ -685,86 +719,14 @@ fn date_ranges(array: &ArrayRef, fhir: &str) -> DFResult<Vec<Vec<(Micros, Micros
     }
 }
 
-/// A search criterion as a DataFusion scalar function over the columns it reads, returning
-/// whether each row matches.
-#[derive(Debug)]
-pub struct CriterionUdf {
-    name: String,
-    columns: Vec<String>,
-    criterion: Arc<Criterion>,
-    signature: Signature,
-}
-
-impl CriterionUdf {
-    pub fn new(criterion: Criterion) -> Self {
-        let columns = criterion.columns();
-        let name = format!("fhir_search_{}", columns.join("_"));
-        Self {
-            signature: Signature::any(columns.len().max(1), Volatility::Immutable),
-            name,
-            columns,
-            criterion: Arc::new(criterion),
-        }
-    }
-
-    /// The columns to pass as arguments, in order.
-    pub fn columns(&self) -> &[String] {
-        &self.columns
-    }
-}
-
-impl PartialEq for CriterionUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.columns == other.columns && self.criterion == other.criterion
-    }
-}
-
-impl Eq for CriterionUdf {}
-
-impl Hash for CriterionUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.name.hash(state);
-        format!("{:?}", self.criterion).hash(state);
-    }
-}
-
-impl ScalarUDFImpl for CriterionUdf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
-        Ok(DataType::Boolean)
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let columns: Vec<(String, ArrayRef)> = self.columns.iter().cloned().zip(arrays).collect();
-        let out = self.criterion.evaluate(&columns, rows)?;
-        Ok(ColumnarValue::Array(Arc::new(BooleanArray::from(out))))
-    }
-}
-
 /// Sort keys of a search parameter, one per row: the smallest value for ascending order, the
 /// largest for descending. Dates sort by instant, numbers and quantities by value, everything
 /// else by folded text.
-#[derive(Debug)]
-pub struct SortKeyUdf {
-    name: String,
-    paths: Vec<Path>,
-    kind: SortKind,
-    descending: bool,
-    columns: Vec<String>,
-    signature: Signature,
+#[derive(Debug, Clone)]
+pub struct SortKeySpec {
+    pub paths: Vec<Path>,
+    pub kind: SortKind,
+    pub descending: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -774,32 +736,9 @@ pub enum SortKind {
     Text,
 }
 
-impl SortKeyUdf {
-    pub fn new(paths: Vec<Path>, kind: SortKind, descending: bool) -> Self {
-        let mut columns: Vec<String> = Vec::new();
-        for p in &paths {
-            if let Some(c) = &p.column
-                && !columns.contains(c)
-            {
-                columns.push(c.clone());
-            }
-        }
-        Self {
-            name: format!("fhir_sort_{}", columns.join("_")),
-            signature: Signature::any(columns.len().max(1), Volatility::Immutable),
-            paths,
-            kind,
-            descending,
-            columns,
-        }
-    }
-
-    pub fn columns(&self) -> &[String] {
-        &self.columns
-    }
-
+impl SortKeySpec {
     /// The best key per row over the values of every path.
-    fn keys(&self, columns: &[(String, ArrayRef)], rows: usize) -> DFResult<KeyColumn> {
+    pub fn keys(&self, columns: &[(String, ArrayRef)], rows: usize) -> DFResult<KeyColumn> {
         let mut dates: Vec<Option<i64>> = vec![None; rows];
         let mut nums: Vec<Option<f64>> = vec![None; rows];
         let mut texts: Vec<Option<String>> = vec![None; rows];
@@ -891,7 +830,8 @@ fn pick(current: Option<i64>, k: i64, descending: bool) -> i64 {
     }
 }
 
-enum KeyColumn {
+/// Sort keys of a batch, one per row.
+pub enum KeyColumn {
     Date(Vec<Option<i64>>),
     Number(Vec<Option<f64>>),
     Text(Vec<Option<String>>),
@@ -932,55 +872,5 @@ fn flatten(array: &ArrayRef, steps: &[Step], owners: Vec<usize>) -> (ArrayRef, V
             None => (array.slice(0, 0), Vec::new()),
         },
         Some((_, rest)) => flatten(array, rest, owners),
-    }
-}
-
-impl PartialEq for SortKeyUdf {
-    fn eq(&self, other: &Self) -> bool {
-        self.paths == other.paths && self.kind == other.kind && self.descending == other.descending
-    }
-}
-
-impl Eq for SortKeyUdf {}
-
-impl Hash for SortKeyUdf {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.paths.hash(state);
-        self.kind.hash(state);
-        self.descending.hash(state);
-    }
-}
-
-impl ScalarUDFImpl for SortKeyUdf {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> DFResult<DataType> {
-        Ok(match self.kind {
-            SortKind::Date => DataType::Int64,
-            SortKind::Number => DataType::Float64,
-            SortKind::Text => DataType::Utf8,
-        })
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DFResult<ColumnarValue> {
-        let rows = args.number_rows;
-        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
-        let columns: Vec<(String, ArrayRef)> = self.columns.iter().cloned().zip(arrays).collect();
-        let array: ArrayRef = match self.keys(&columns, rows)? {
-            KeyColumn::Date(v) => Arc::new(Int64Array::from(v)),
-            KeyColumn::Number(v) => Arc::new(Float64Array::from(v)),
-            KeyColumn::Text(v) => Arc::new(StringArray::from(v)),
-        };
-        Ok(ColumnarValue::Array(array))
     }
 }

@@ -1,30 +1,26 @@
 //! Running a parsed search against one Iceberg snapshot of the lake.
 //!
-//! The lake answers *which* resources match (and in which order): the filters run as
-//! DataFusion scalar functions over only the columns they read, plus `id` and
-//! `_version_id`. The resources themselves come from the store by `(id, version)`, so a page
+//! The lake answers *which* resources match (and in which order): the filters are evaluated
+//! on batches holding only the Parquet leaves they read, plus `id` and `_version_id`
+//! ([`LeafScanner`], which caches each snapshot's file list and each file's footer). The resources themselves come from the store by `(id, version)`, so a page
 //! shows exactly the versions that matched in that snapshot. The paging cursor names the
 //! snapshot, so later pages do not shift under concurrent writes.
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use datafusion::common::Column;
-use datafusion::dataframe::DataFrame;
-use datafusion::logical_expr::{Expr, ScalarUDF, SortExpr, lit};
-use datafusion::prelude::{SessionConfig, SessionContext};
-use iceberg_datafusion::IcebergStaticTableProvider;
 use serde_json::Value;
 
 use super::catalog::{ParamType, Path, SearchParam, Step};
-use super::eval::{Criterion, CriterionUdf, SortKeyUdf, SortKind, Test};
+use super::eval::{Criterion, KeyColumn, SortKeySpec, SortKind, Test};
 use super::query::{
     Filter, Include, MAX_CHAIN_MATCHES, SearchError, SearchRequest, Summary, Total,
 };
 use super::value;
 use crate::lake::Lake;
+use crate::lake::scan::{LeafScanner, SnapshotFiles};
 use crate::schema::{ID_COLUMN, VERSION_COLUMN};
 use crate::store::reads::StoredVersion;
 use crate::store::{Store, StoreError};
@@ -74,18 +70,38 @@ pub struct Searcher {
     lake: Lake,
     datastore_id: String,
     datastore_name: String,
-    ctx: SessionContext,
+    scanner: LeafScanner,
+}
+
+/// A filter ready to evaluate on a batch (chains and `_has` already resolved).
+enum Ready {
+    Criterion(Criterion),
+    Ids(HashSet<String>),
+}
+
+/// A matching row.
+struct Matched {
+    id: String,
+    version: i64,
+    keys: Vec<(SortValue, bool)>,
+}
+
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+enum SortValue {
+    Int(i64),
+    Float(f64),
+    Text(String),
+    Null,
 }
 
 impl Searcher {
     pub fn new(store: Store, lake: Lake, datastore_id: &str, datastore_name: &str) -> Self {
-        let config = SessionConfig::new().with_target_partitions(2);
         Self {
             store,
             lake,
             datastore_id: datastore_id.to_string(),
             datastore_name: datastore_name.to_string(),
-            ctx: SessionContext::new_with_config(config),
+            scanner: LeafScanner::default(),
         }
     }
 
@@ -95,24 +111,17 @@ impl Searcher {
             Some(c) => parse_cursor(c)?,
             None => (None, 0),
         };
-        let Some((df, snapshot)) = self.frame(req.resource_type, snapshot).await? else {
-            return Ok(SearchPage {
-                matches: Vec::new(),
-                included: Vec::new(),
-                total: (req.total == Total::Accurate || req.summary == Summary::Count).then_some(0),
-                this_cursor: cursor(0, 0),
-                next_cursor: None,
-                previous_cursor: None,
-            });
-        };
-        let df = self
-            .apply_filters(df, req.resource_type, &req.filters)
-            .await?;
-        let total = if req.total == Total::Accurate || req.summary == Summary::Count {
-            Some(df.clone().count().await?)
-        } else {
-            None
-        };
+        let sort: Vec<SortKeySpec> = req
+            .sort
+            .iter()
+            .map(|k| sort_spec(&k.param, k.descending))
+            .collect();
+        let (matched, snapshot) = self
+            .run(req.resource_type, snapshot, &req.filters, &sort)
+            .await?
+            .unwrap_or_default();
+        let total = (req.total == Total::Accurate || req.summary == Summary::Count)
+            .then_some(matched.len());
         if req.summary == Summary::Count {
             return Ok(SearchPage {
                 matches: Vec::new(),
@@ -123,12 +132,15 @@ impl Searcher {
                 previous_cursor: None,
             });
         }
-        let keys = self
-            .ordered_keys(df, req, offset, Some(req.count + 1))
-            .await?;
-        let more = keys.len() > req.count;
-        let keys = &keys[..keys.len().min(req.count)];
-        let matches = self.load(req.resource_type, keys).await?;
+        let end = (offset + req.count).min(matched.len());
+        let keys: Vec<(String, i64)> = matched
+            .get(offset..end)
+            .unwrap_or_default()
+            .iter()
+            .map(|m| (m.id.clone(), m.version))
+            .collect();
+        let more = matched.len() > offset + req.count;
+        let matches = self.load(req.resource_type, &keys).await?;
         let included = self.includes(req, &matches).await?;
         Ok(SearchPage {
             matches,
@@ -141,74 +153,85 @@ impl Searcher {
         })
     }
 
-    /// The ids and versions matching `filters` (unordered), at most `limit`.
+    /// The ids and versions matching `filters` in the current snapshot, at most `limit`.
     pub async fn matching_ids(
         &self,
         resource_type: &str,
         filters: &[Filter],
         limit: usize,
     ) -> Result<Vec<(String, i64)>, ExecError> {
-        let Some((df, _)) = self.frame(resource_type, None).await? else {
+        let Some((matched, _)) = self.run(resource_type, None, filters, &[]).await? else {
             return Ok(Vec::new());
         };
-        let df = self.apply_filters(df, resource_type, filters).await?;
-        let df = df
-            .select(vec![column(ID_COLUMN), column(VERSION_COLUMN)])?
-            .limit(0, Some(limit))?;
-        collect_keys(df).await
+        Ok(matched
+            .into_iter()
+            .take(limit)
+            .map(|m| (m.id, m.version))
+            .collect())
     }
 
-    /// The table at `snapshot` (default: current) as a DataFrame; `None` before any data.
-    async fn frame(
+    /// Every row of the snapshot matching `filters`, sorted by `sort` then id; `None` before
+    /// the type has data.
+    async fn run(
         &self,
         resource_type: &str,
         snapshot: Option<i64>,
-    ) -> Result<Option<(DataFrame, i64)>, ExecError> {
+        filters: &[Filter],
+        sort: &[SortKeySpec],
+    ) -> Result<Option<(Vec<Matched>, i64)>, ExecError> {
         let Some(table) = self.lake.table(&self.datastore_name, resource_type).await? else {
             return Ok(None);
         };
         let snapshot = match snapshot {
-            Some(s) => {
-                if table.metadata().snapshot_by_id(s).is_none() {
-                    return Err(SearchError::invalid(
-                        "the paging cursor refers to a lake snapshot that no longer exists; \
-                         run the search again",
-                    )
-                    .into());
-                }
-                s
+            Some(s) if table.metadata().snapshot_by_id(s).is_none() => {
+                return Err(SearchError::invalid(
+                    "the paging cursor refers to a lake snapshot that no longer exists; \
+                     run the search again",
+                )
+                .into());
             }
+            Some(s) => s,
             None => match table.metadata().current_snapshot() {
                 Some(s) => s.snapshot_id(),
                 None => return Ok(None),
             },
         };
-        let provider = IcebergStaticTableProvider::try_new_from_table_snapshot(table, snapshot)
-            .await
-            .map_err(|e| ExecError::Lake(e.to_string()))?;
-        let df = self.ctx.read_table(Arc::new(provider))?;
-        Ok(Some((df, snapshot)))
-    }
-
-    async fn apply_filters(
-        &self,
-        mut df: DataFrame,
-        resource_type: &str,
-        filters: &[Filter],
-    ) -> Result<DataFrame, ExecError> {
-        for filter in filters {
-            let expr = Box::pin(self.filter_expr(resource_type, filter)).await?;
-            df = df.filter(expr)?;
-        }
-        Ok(df)
-    }
-
-    async fn filter_expr(&self, resource_type: &str, filter: &Filter) -> Result<Expr, ExecError> {
-        Ok(match filter {
-            Filter::Criterion(c) => criterion_expr(c.clone()),
-            Filter::Ids(ids) => {
-                column(ID_COLUMN).in_list(ids.iter().map(|i| lit(i.clone())).collect(), false)
+        let files = self.scanner.files(&table, snapshot).await?;
+        let mut ready = Vec::with_capacity(filters.len());
+        for f in filters {
+            match Box::pin(self.ready(resource_type, f)).await? {
+                Some(r) => ready.push(r),
+                // A filter that can match nothing: no need to scan.
+                None => return Ok(Some((Vec::new(), snapshot))),
             }
+        }
+        let scanner = self.scanner.clone();
+        let sort = sort.to_vec();
+        let mut matched =
+            tokio::task::spawn_blocking(move || scan(&scanner, &files, &ready, &sort))
+                .await
+                .map_err(|e| ExecError::Lake(format!("search task failed: {e}")))??;
+        matched.sort_by(|a, b| {
+            for (x, y) in a.keys.iter().zip(&b.keys) {
+                let o = compare_keys(x, y);
+                if o != Ordering::Equal {
+                    return o;
+                }
+            }
+            a.id.cmp(&b.id)
+        });
+        Ok(Some((matched, snapshot)))
+    }
+
+    /// Resolves a filter to one that evaluates on a batch; `None` when it matches nothing.
+    async fn ready(
+        &self,
+        resource_type: &str,
+        filter: &Filter,
+    ) -> Result<Option<Ready>, ExecError> {
+        Ok(Some(match filter {
+            Filter::Criterion(c) => Ready::Criterion(c.clone()),
+            Filter::Ids(ids) => Ready::Ids(ids.iter().cloned().collect()),
             Filter::Chain {
                 param,
                 target,
@@ -219,9 +242,9 @@ impl Searcher {
                     .await?;
                 guard_chain(found.len(), &format!("{}:{target}", param.code))?;
                 if found.is_empty() {
-                    return Ok(lit(false));
+                    return Ok(None);
                 }
-                criterion_expr(Criterion::Paths {
+                Ready::Criterion(Criterion::Paths {
                     paths: param.paths.clone(),
                     test: Test::Reference(
                         found
@@ -242,44 +265,20 @@ impl Searcher {
                     .await?;
                 guard_chain(found.len(), &format!("_has:{source}:{}", param.code))?;
                 let versions = self.load(source, &found).await?;
-                let mut ids: Vec<String> = Vec::new();
+                let mut ids = HashSet::new();
                 for v in &versions {
                     for (ty, id) in references_of(v, &param.paths) {
-                        if ty == resource_type && !ids.contains(&id) {
-                            ids.push(id);
+                        if ty == resource_type {
+                            ids.insert(id);
                         }
                     }
                 }
                 if ids.is_empty() {
-                    return Ok(lit(false));
+                    return Ok(None);
                 }
-                column(ID_COLUMN).in_list(ids.into_iter().map(lit).collect(), false)
+                Ready::Ids(ids)
             }
-        })
-    }
-
-    /// `(id, version)` of the matches in sort order, from `offset`.
-    async fn ordered_keys(
-        &self,
-        df: DataFrame,
-        req: &SearchRequest,
-        offset: usize,
-        limit: Option<usize>,
-    ) -> Result<Vec<(String, i64)>, ExecError> {
-        let mut select = vec![column(ID_COLUMN), column(VERSION_COLUMN)];
-        let mut order = Vec::new();
-        for (i, key) in req.sort.iter().enumerate() {
-            let name = format!("__sort{i}");
-            select.push(sort_expr(&key.param, key.descending).alias(&name));
-            order.push(SortExpr::new(
-                Expr::Column(Column::new_unqualified(name)),
-                !key.descending,
-                false,
-            ));
-        }
-        order.push(SortExpr::new(column(ID_COLUMN), true, false));
-        let df = df.select(select)?.sort(order)?.limit(offset, limit)?;
-        collect_keys(df).await
+        }))
     }
 
     /// The stored versions of `keys`, in order.
@@ -413,44 +412,208 @@ fn guard_chain(found: usize, what: &str) -> Result<(), SearchError> {
     Ok(())
 }
 
-fn column(name: &str) -> Expr {
-    Expr::Column(Column::new_unqualified(name))
-}
-
-fn criterion_expr(c: Criterion) -> Expr {
-    let udf = CriterionUdf::new(c);
-    let args = udf.columns().iter().map(|c| column(c)).collect();
-    ScalarUDF::new_from_impl(udf).call(args)
-}
-
-fn sort_expr(param: &SearchParam, descending: bool) -> Expr {
+fn sort_spec(param: &SearchParam, descending: bool) -> SortKeySpec {
     let kind = match param.param_type {
         ParamType::Date => SortKind::Date,
         ParamType::Number | ParamType::Quantity => SortKind::Number,
         _ => SortKind::Text,
     };
-    if param.code == "_id" {
-        return column(ID_COLUMN);
+    SortKeySpec {
+        paths: param.paths.clone(),
+        kind,
+        descending,
     }
-    let udf = SortKeyUdf::new(param.paths.clone(), kind, descending);
-    let args = udf.columns().iter().map(|c| column(c)).collect();
-    ScalarUDF::new_from_impl(udf).call(args)
 }
 
-async fn collect_keys(df: DataFrame) -> Result<Vec<(String, i64)>, ExecError> {
-    let mut out = Vec::new();
-    for batch in df.collect().await? {
-        let ids = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)
-            .map_err(|e| ExecError::Lake(e.to_string()))?;
-        let ids = ids.as_string::<i32>();
-        let versions = batch.column(1).as_primitive::<Int64Type>();
-        for i in 0..batch.num_rows() {
-            if ids.is_valid(i) {
-                out.push((ids.value(i).to_string(), versions.value(i)));
+/// Orders sort keys, missing values last in either direction (descending keys were already
+/// chosen as each row's largest value; the direction is applied by the caller's spec).
+fn compare_keys(a: &(SortValue, bool), b: &(SortValue, bool)) -> Ordering {
+    let (x, descending) = a;
+    let (y, _) = b;
+    match (x, y) {
+        (SortValue::Null, SortValue::Null) => Ordering::Equal,
+        (SortValue::Null, _) => Ordering::Greater,
+        (_, SortValue::Null) => Ordering::Less,
+        _ => {
+            let o = x.partial_cmp(y).unwrap_or(Ordering::Equal);
+            if *descending { o.reverse() } else { o }
+        }
+    }
+}
+
+/// The dotted leaf paths a path reads: where it ends (its subtree) and the elements its
+/// filters test.
+fn prefixes(path: &Path, base: Option<&str>, out: &mut Vec<String>) {
+    let mut p = match (&path.column, base) {
+        (Some(c), _) => c.clone(),
+        (None, Some(b)) => b.to_string(),
+        (None, None) => return,
+    };
+    for step in &path.steps {
+        match step {
+            Step::Field(name) => {
+                p.push('.');
+                p.push_str(name);
+            }
+            Step::Where { element, .. } => out.push(format!("{p}.{element}")),
+            Step::Resolves(_) => {
+                out.push(format!("{p}.reference"));
+                out.push(format!("{p}.type"));
             }
         }
     }
+    out.push(p);
+}
+
+fn criterion_prefixes(c: &Criterion, out: &mut Vec<String>) {
+    match c {
+        Criterion::Paths { paths, .. } => paths.iter().for_each(|p| prefixes(p, None, out)),
+        Criterion::Composite { base, components } => {
+            let mut base_prefix = Vec::new();
+            if let Some(b) = base {
+                prefixes(b, None, &mut base_prefix);
+            }
+            for (paths, _) in components {
+                for p in paths {
+                    match base_prefix.last() {
+                        Some(b) => prefixes(p, Some(b), out),
+                        None => prefixes(p, None, out),
+                    }
+                }
+            }
+        }
+        Criterion::Any(all) => all.iter().for_each(|c| criterion_prefixes(c, out)),
+    }
+}
+
+/// Whether a leaf below one of `prefixes` is needed: extensions, primitive extension
+/// siblings (`_x`) and element ids never take part in search.
+fn wanted(prefixes: &[String], leaf: &str) -> bool {
+    prefixes.iter().any(|p| {
+        leaf == p
+            || leaf
+                .strip_prefix(p.as_str())
+                .and_then(|r| r.strip_prefix('.'))
+                .is_some_and(|rest| {
+                    rest.split('.').all(|seg| {
+                        !(seg.starts_with('_')
+                            || seg == "extension"
+                            || seg == "modifierExtension"
+                            || seg == "id")
+                    })
+                })
+    })
+}
+
+/// Scans a snapshot and keeps the rows every filter accepts, with their sort keys.
+fn scan(
+    scanner: &LeafScanner,
+    files: &SnapshotFiles,
+    ready: &[Ready],
+    sort: &[SortKeySpec],
+) -> Result<Vec<Matched>, ExecError> {
+    let mut pre = vec![ID_COLUMN.to_string(), VERSION_COLUMN.to_string()];
+    for r in ready {
+        if let Ready::Criterion(c) = r {
+            criterion_prefixes(c, &mut pre);
+        }
+    }
+    for s in sort {
+        for p in &s.paths {
+            prefixes(p, None, &mut pre);
+        }
+    }
+    pre.sort();
+    pre.dedup();
+    let mut out = Vec::new();
+    let mut failure = None;
+    scanner
+        .scan(
+            files,
+            &|leaf| wanted(&pre, leaf),
+            &mut |batch: RecordBatch| match keep(&batch, ready, sort, &mut out) {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    failure = Some(e);
+                    Err(crate::lake::LakeError::Background(
+                        "search evaluation failed".into(),
+                    ))
+                }
+            },
+        )
+        .map_err(|e| failure.take().unwrap_or_else(|| e.into()))?;
     Ok(out)
+}
+
+fn keep(
+    batch: &RecordBatch,
+    ready: &[Ready],
+    sort: &[SortKeySpec],
+    out: &mut Vec<Matched>,
+) -> Result<(), ExecError> {
+    let rows = batch.num_rows();
+    let columns: Vec<(String, ArrayRef)> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, a)| (f.name().clone(), a.clone()))
+        .collect();
+    let ids = arrow::compute::cast(
+        batch
+            .column_by_name(ID_COLUMN)
+            .ok_or_else(|| ExecError::Lake("a data file has no id column".into()))?,
+        &arrow::datatypes::DataType::Utf8,
+    )
+    .map_err(|e| ExecError::Lake(e.to_string()))?;
+    let ids = ids.as_string::<i32>();
+    let versions = batch
+        .column_by_name(VERSION_COLUMN)
+        .ok_or_else(|| ExecError::Lake("a data file has no _version_id column".into()))?
+        .as_primitive::<Int64Type>();
+    let mut mask = vec![true; rows];
+    for r in ready {
+        match r {
+            Ready::Criterion(c) => {
+                let hit = c.evaluate(&columns, rows)?;
+                mask.iter_mut().zip(hit).for_each(|(m, h)| *m &= h);
+            }
+            Ready::Ids(set) => mask
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, m)| *m &= ids.is_valid(i) && set.contains(ids.value(i))),
+        }
+    }
+    if !mask.iter().any(|m| *m) {
+        return Ok(());
+    }
+    let keys: Vec<KeyColumn> = sort
+        .iter()
+        .map(|s| s.keys(&columns, rows))
+        .collect::<Result<_, _>>()?;
+    for (i, keep) in mask.into_iter().enumerate() {
+        if !keep || !ids.is_valid(i) {
+            continue;
+        }
+        let row_keys = keys
+            .iter()
+            .zip(sort)
+            .map(|(k, s)| {
+                let v = match k {
+                    KeyColumn::Date(v) => v[i].map_or(SortValue::Null, SortValue::Int),
+                    KeyColumn::Number(v) => v[i].map_or(SortValue::Null, SortValue::Float),
+                    KeyColumn::Text(v) => v[i].clone().map_or(SortValue::Null, SortValue::Text),
+                };
+                (v, s.descending)
+            })
+            .collect();
+        out.push(Matched {
+            id: ids.value(i).to_string(),
+            version: versions.value(i),
+            keys: row_keys,
+        });
+    }
+    Ok(())
 }
 
 fn cursor(snapshot: i64, offset: usize) -> String {

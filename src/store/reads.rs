@@ -334,12 +334,14 @@ impl Store {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let last_updated = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut tx = self
             .pool()
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(StoreError::from)?;
+        // Stamped under the write lock: versions are numbered in lock order, so a clock read
+        // before waiting for the lock could give a later version an earlier lastUpdated.
+        let last_updated = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
 
         // Current state of every touched resource, read under the write lock.
         let mut current: HashMap<(String, String), PreviousVersion> = HashMap::new();

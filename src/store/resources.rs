@@ -55,11 +55,12 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
+        // IMMEDIATE takes the write lock up front, so concurrent writers queue instead of
+        // failing on a lock upgrade. The time is read under the lock so lastUpdated follows
+        // version order.
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let now = chrono::Utc::now();
         let last_updated = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        // IMMEDIATE takes the write lock up front, so concurrent writers queue instead of
-        // failing on a lock upgrade.
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
 
         let mut current: HashMap<(String, String), i64> = HashMap::new();
         let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per area.
 mod api;
+mod api_crash;
 mod common;
 mod crash;
 mod ingest;

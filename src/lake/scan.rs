@@ -1,0 +1,356 @@
+//! A leaf-projected, cached reader of one table snapshot, for point lookups such as search.
+//!
+//! iceberg-rust's scan projects whole top-level columns: reading `subject.reference` decodes
+//! every leaf of the `subject` struct (identifier, period, extensions, ...), and every scan
+//! re-reads the manifests and the Parquet footers (large for wide FHIR types). Both are
+//! immutable per snapshot and per file, so this reader caches the snapshot's file list (with
+//! each file's deleted positions, read once from its position-delete files) and each file's
+//! parsed footer, and decodes only the Parquet leaves the caller asks for, keeping recently
+//! decoded leaves in memory within a budget. Rows removed by position deletes are skipped
+//! with a row selection.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use futures::TryStreamExt;
+use iceberg::spec::DataContentType;
+use iceberg::table::Table;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
+    RowSelector,
+};
+
+use super::LakeError;
+
+/// One live data file of a snapshot.
+#[derive(Debug)]
+pub struct ScanFile {
+    /// Local path of the Parquet file.
+    pub path: String,
+    /// Positions removed by position deletes, sorted.
+    pub deleted: Vec<i64>,
+}
+
+/// The data files of one snapshot.
+#[derive(Debug)]
+pub struct SnapshotFiles {
+    pub snapshot_id: i64,
+    pub files: Vec<ScanFile>,
+}
+
+/// Cached snapshot plans, footers and decoded leaves; cheap to clone (shared caches).
+#[derive(Clone)]
+pub struct LeafScanner {
+    plans: Arc<Mutex<PlanCache>>,
+    footers: Arc<Mutex<HashMap<String, ArrowReaderMetadata>>>,
+    batches: Arc<Mutex<BatchCache>>,
+}
+
+impl Default for LeafScanner {
+    fn default() -> Self {
+        Self::with_cache_bytes(DEFAULT_CACHE_BYTES)
+    }
+}
+
+/// Planned snapshots by (table, snapshot id).
+type PlanCache = HashMap<(String, i64), Arc<SnapshotFiles>>;
+
+/// Default memory for decoded leaves.
+pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
+
+/// Decoded batches by (file, number of deleted rows, leaf indices). A data file never changes
+/// and its deletes only grow, so the key identifies the content exactly. Evicted oldest first
+/// when over budget.
+struct BatchCache {
+    map: HashMap<BatchKey, Arc<Vec<RecordBatch>>>,
+    order: std::collections::VecDeque<(BatchKey, usize)>,
+    bytes: usize,
+    budget: usize,
+}
+
+type BatchKey = (String, usize, Vec<usize>);
+
+impl BatchCache {
+    fn insert(&mut self, key: BatchKey, batches: Arc<Vec<RecordBatch>>) {
+        let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        if size > self.budget / 4 || self.map.contains_key(&key) {
+            return;
+        }
+        while self.bytes + size > self.budget {
+            let Some((old, old_size)) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&old);
+            self.bytes -= old_size;
+        }
+        self.bytes += size;
+        self.order.push_back((key.clone(), size));
+        self.map.insert(key, batches);
+    }
+}
+
+/// Most cached entries of each kind; the caches are cleared when full (files and snapshots are
+/// immutable, so an entry is never stale, only unused).
+const MAX_PLANS: usize = 256;
+const MAX_FOOTERS: usize = 2048;
+
+fn local_path(uri: &str) -> &str {
+    uri.strip_prefix("file://").unwrap_or(uri)
+}
+
+fn lake_err(what: &str, e: impl std::fmt::Display) -> LakeError {
+    LakeError::Background(format!("{what}: {e}"))
+}
+
+impl LeafScanner {
+    /// A scanner keeping up to `bytes` of decoded leaves in memory (0 disables that cache).
+    pub fn with_cache_bytes(bytes: usize) -> Self {
+        Self {
+            plans: Default::default(),
+            footers: Default::default(),
+            batches: Arc::new(Mutex::new(BatchCache {
+                map: HashMap::new(),
+                order: Default::default(),
+                bytes: 0,
+                budget: bytes,
+            })),
+        }
+    }
+
+    /// The live files of `snapshot_id` of `table`, planned once per snapshot.
+    pub async fn files(
+        &self,
+        table: &Table,
+        snapshot_id: i64,
+    ) -> Result<Arc<SnapshotFiles>, LakeError> {
+        let key = (table.identifier().to_string(), snapshot_id);
+        if let Some(plan) = self.plans.lock().expect("plan cache").get(&key) {
+            return Ok(plan.clone());
+        }
+        let tasks: Vec<_> = table
+            .scan()
+            .snapshot_id(snapshot_id)
+            .select_empty()
+            .build()?
+            .plan_files()
+            .await?
+            .try_collect()
+            .await?;
+        let mut delete_cache: HashMap<String, Arc<HashMap<String, Vec<i64>>>> = HashMap::new();
+        let mut files = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let mut deleted = Vec::new();
+            for d in &task.deletes {
+                if d.file_type != DataContentType::PositionDeletes {
+                    return Err(lake_err(
+                        "unsupported delete file",
+                        format!("{} is not a position-delete file", d.file_path),
+                    ));
+                }
+                let by_file = match delete_cache.get(&d.file_path) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let path = d.file_path.clone();
+                        let m = Arc::new(
+                            tokio::task::spawn_blocking(move || read_position_deletes(&path))
+                                .await
+                                .map_err(|e| lake_err("delete reader", e))??,
+                        );
+                        delete_cache.insert(d.file_path.clone(), m.clone());
+                        m
+                    }
+                };
+                if let Some(p) = by_file.get(&task.data_file_path) {
+                    deleted.extend_from_slice(p);
+                }
+            }
+            deleted.sort_unstable();
+            deleted.dedup();
+            files.push(ScanFile {
+                path: local_path(&task.data_file_path).to_string(),
+                deleted,
+            });
+        }
+        let plan = Arc::new(SnapshotFiles { snapshot_id, files });
+        let mut plans = self.plans.lock().expect("plan cache");
+        if plans.len() >= MAX_PLANS {
+            plans.clear();
+        }
+        plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Reads the leaves `wanted` selects (by their dotted FHIR path, list wrappers removed)
+    /// from every live row of `files`, calling `visit` with each batch.
+    pub fn scan(
+        &self,
+        files: &SnapshotFiles,
+        wanted: &dyn Fn(&str) -> bool,
+        visit: &mut dyn FnMut(RecordBatch) -> Result<(), LakeError>,
+    ) -> Result<(), LakeError> {
+        for file in &files.files {
+            let metadata = self.footer(&file.path)?;
+            let schema = metadata.metadata().file_metadata().schema_descr();
+            let leaves: Vec<usize> = (0..schema.num_columns())
+                .filter(|&i| wanted(&fhir_path(schema.column(i).path().parts())))
+                .collect();
+            let key = (file.path.clone(), file.deleted.len(), leaves.clone());
+            let cached = self
+                .batches
+                .lock()
+                .expect("batch cache")
+                .map
+                .get(&key)
+                .cloned();
+            let batches = match cached {
+                Some(b) => b,
+                None => {
+                    let rows = metadata.metadata().file_metadata().num_rows() as usize;
+                    let handle = File::open(&file.path).map_err(|e| lake_err(&file.path, e))?;
+                    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
+                        handle,
+                        metadata.clone(),
+                    )
+                    .with_projection(ProjectionMask::leaves(schema, leaves))
+                    .with_batch_size(8192);
+                    if !file.deleted.is_empty() {
+                        builder = builder.with_row_selection(selection(&file.deleted, rows));
+                    }
+                    let reader = builder.build().map_err(|e| lake_err(&file.path, e))?;
+                    let batches = Arc::new(
+                        reader
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| lake_err(&file.path, e))?,
+                    );
+                    self.batches
+                        .lock()
+                        .expect("batch cache")
+                        .insert(key, batches.clone());
+                    batches
+                }
+            };
+            for batch in batches.iter() {
+                visit(batch.clone())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn footer(&self, path: &str) -> Result<ArrowReaderMetadata, LakeError> {
+        if let Some(m) = self.footers.lock().expect("footer cache").get(path) {
+            return Ok(m.clone());
+        }
+        let file = File::open(path).map_err(|e| lake_err(path, e))?;
+        let m = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+            .map_err(|e| lake_err(path, e))?;
+        let mut footers = self.footers.lock().expect("footer cache");
+        if footers.len() >= MAX_FOOTERS {
+            footers.clear();
+        }
+        footers.insert(path.to_string(), m.clone());
+        Ok(m)
+    }
+}
+
+/// `code.coding.list.element.system` -> `code.coding.system`.
+fn fhir_path(parts: &[String]) -> String {
+    let mut out: Vec<&str> = Vec::with_capacity(parts.len());
+    let mut i = 0;
+    while i < parts.len() {
+        if parts[i] == "list" && parts.get(i + 1).is_some_and(|p| p == "element") {
+            i += 2;
+            continue;
+        }
+        out.push(&parts[i]);
+        i += 1;
+    }
+    out.join(".")
+}
+
+/// A row selection skipping the sorted `deleted` positions of a file with `rows` rows.
+fn selection(deleted: &[i64], rows: usize) -> RowSelection {
+    let mut selectors = Vec::new();
+    let mut at = 0usize;
+    for &d in deleted {
+        let d = d as usize;
+        if d >= rows || d < at {
+            continue;
+        }
+        if d > at {
+            selectors.push(RowSelector::select(d - at));
+        }
+        selectors.push(RowSelector::skip(1));
+        at = d + 1;
+    }
+    if at < rows {
+        selectors.push(RowSelector::select(rows - at));
+    }
+    selectors.into()
+}
+
+/// Position deletes of one delete file, by data file path.
+fn read_position_deletes(uri: &str) -> Result<HashMap<String, Vec<i64>>, LakeError> {
+    let path = local_path(uri);
+    let file = File::open(path).map_err(|e| lake_err(path, e))?;
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| lake_err(path, e))?
+        .build()
+        .map_err(|e| lake_err(path, e))?;
+    let mut out: HashMap<String, Vec<i64>> = HashMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| lake_err(path, e))?;
+        let (Some(files), Some(pos)) = (
+            batch.column_by_name("file_path"),
+            batch.column_by_name("pos"),
+        ) else {
+            return Err(lake_err(
+                path,
+                "not a position-delete file (file_path, pos)",
+            ));
+        };
+        let files = arrow::compute::cast(files, &arrow::datatypes::DataType::Utf8)
+            .map_err(|e| lake_err(path, e))?;
+        let files = files.as_string::<i32>();
+        let pos = pos.as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            if files.is_valid(i) && pos.is_valid(i) {
+                out.entry(files.value(i).to_string())
+                    .or_default()
+                    .push(pos.value(i));
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_wrappers_are_removed_from_paths() {
+        let parts: Vec<String> = ["code", "coding", "list", "element", "system"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(fhir_path(&parts), "code.coding.system");
+    }
+
+    #[test]
+    fn selections_skip_deleted_rows() {
+        let selectors: Vec<RowSelector> = selection(&[0, 3, 4, 9], 10).into();
+        let mut kept = Vec::new();
+        let mut at = 0;
+        for r in selectors {
+            if !r.skip {
+                kept.extend(at..at + r.row_count);
+            }
+            at += r.row_count;
+        }
+        assert_eq!(at, 10);
+        assert_eq!(kept, [1, 2, 5, 6, 7, 8]);
+    }
+}
