@@ -258,10 +258,8 @@ pub fn walk(array: &ArrayRef, steps: &[Step], leaf: &Leaf<'_>) -> DFResult<Vec<b
         },
         Step::Resolves(target) => {
             let mut out = walk(array, rest, leaf)?;
-            let kinds = reference_types(s)?;
-            out.iter_mut()
-                .zip(kinds)
-                .for_each(|(b, t)| *b &= t.as_deref() == Some(target.as_str()));
+            let kinds = reference_type_is(s, target)?;
+            out.iter_mut().zip(kinds).for_each(|(b, t)| *b &= t);
             out
         }
         Step::Where { element, value } => {
@@ -295,20 +293,36 @@ fn utf8(array: &ArrayRef) -> DFResult<StringArray> {
     Ok(cast(array, &DataType::Utf8)?.as_string::<i32>().clone())
 }
 
-/// The target resource type of each reference in a `Reference` struct array: its `type`
-/// element, else the type part of `reference`.
-fn reference_types(s: &StructArray) -> DFResult<Vec<Option<String>>> {
+/// Whether each reference in a `Reference` struct array points at resource type `target`:
+/// its `type` element, else the type part of `reference`.
+fn reference_type_is(s: &StructArray, target: &str) -> DFResult<Vec<bool>> {
     let refs = s.column_by_name("reference").map(utf8).transpose()?;
     let types = s.column_by_name("type").map(utf8).transpose()?;
     Ok((0..s.len())
         .map(|i| {
             if let Some(t) = types.as_ref().filter(|t| t.is_valid(i)) {
-                return Some(t.value(i).to_string());
+                return t.value(i) == target;
             }
-            let r = refs.as_ref().filter(|r| r.is_valid(i))?;
-            value::reference_key(r.value(i)).map(|(t, _)| t.to_string())
+            let Some(r) = refs.as_ref().filter(|r| r.is_valid(i)) else {
+                return false;
+            };
+            let r = r.value(i);
+            if is_plain_relative(r) {
+                // `Type/id`: the common case, without parsing.
+                r.len() > target.len()
+                    && r.as_bytes()[target.len()] == b'/'
+                    && r.starts_with(target)
+            } else {
+                value::reference_key(r).is_some_and(|(t, _)| t == target)
+            }
         })
         .collect())
+}
+
+/// A relative reference without a version or scheme (`Patient/123`): no `:` and no `_`
+/// (which `/_history/` needs). Both are single-byte scans.
+fn is_plain_relative(r: &str) -> bool {
+    !r.bytes().any(|b| b == b':' || b == b'_')
 }
 
 fn child<'a>(array: &'a ArrayRef, name: &str) -> Option<&'a ArrayRef> {
@@ -585,7 +599,7 @@ impl<'a> ReferenceMatcher<'a> {
         if self.typed.contains(reference) {
             return true;
         }
-        if reference.contains("://") || reference.contains("/_history/") {
+        if !is_plain_relative(reference) {
             return reference_matches(reference, self.keys);
         }
         if self.untyped.is_empty() {

@@ -287,17 +287,10 @@ impl Searcher {
         resource_type: &str,
         keys: &[(String, i64)],
     ) -> Result<Vec<StoredVersion>, ExecError> {
-        let mut out = Vec::with_capacity(keys.len());
-        for (id, version) in keys {
-            if let Some(v) = self
-                .store
-                .read_version(&self.datastore_id, resource_type, id, *version)
-                .await?
-            {
-                out.push(v);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .store
+            .read_versions(&self.datastore_id, resource_type, keys)
+            .await?)
     }
 
     /// `_include` and `_revinclude` of a page (with `:iterate` over what they add).

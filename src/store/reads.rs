@@ -196,6 +196,76 @@ impl Store {
         row.as_ref().map(version_from_row).transpose()
     }
 
+    /// Several versions of one type in one query, in the order of `keys`; missing ones are
+    /// left out. Search pages and includes load their resources this way.
+    pub async fn read_versions(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        keys: &[(String, i64)],
+    ) -> Result<Vec<StoredVersion>, StoreError> {
+        let mut found: HashMap<(String, i64), StoredVersion> = HashMap::with_capacity(keys.len());
+        // Two bound values per key; SQLite allows 32,766 per statement.
+        for chunk in keys.chunks(5_000) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {VERSION_COLUMNS} FROM resource_versions v WHERE v.datastore_id = "
+            ));
+            q.push_bind(datastore_id)
+                .push(" AND v.resource_type = ")
+                .push_bind(resource_type)
+                .push(" AND (v.id, v.version) IN (VALUES ");
+            let mut values = q.separated(", ");
+            for (id, version) in chunk {
+                values
+                    .push("(")
+                    .push_bind_unseparated(id.as_str())
+                    .push_unseparated(", ")
+                    .push_bind_unseparated(*version)
+                    .push_unseparated(")");
+            }
+            q.push(")");
+            for row in q.build().fetch_all(self.pool()).await? {
+                let v = version_from_row(&row)?;
+                found.insert((v.id.clone(), v.version), v);
+            }
+        }
+        Ok(keys
+            .iter()
+            .filter_map(|k| found.remove(&(k.0.clone(), k.1)))
+            .collect())
+    }
+
+    /// The current versions of several resources of one type (deletions included), in the
+    /// order of `ids`; ids that never existed are left out.
+    pub async fn read_current_many(
+        &self,
+        datastore_id: &str,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<StoredVersion>, StoreError> {
+        let mut found: HashMap<String, StoredVersion> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(10_000) {
+            let mut q = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {VERSION_COLUMNS} FROM resources_current c \
+                 JOIN resource_versions v ON v.seq = c.seq WHERE c.datastore_id = "
+            ));
+            q.push_bind(datastore_id)
+                .push(" AND c.resource_type = ")
+                .push_bind(resource_type)
+                .push(" AND c.id IN (");
+            let mut values = q.separated(", ");
+            for id in chunk {
+                values.push_bind(id.as_str());
+            }
+            q.push(")");
+            for row in q.build().fetch_all(self.pool()).await? {
+                let v = version_from_row(&row)?;
+                found.insert(v.id.clone(), v);
+            }
+        }
+        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+    }
+
     /// A page of versions, newest first (by change sequence), system-, type- or instance-wide.
     ///
     /// Paging is by sequence cursor rather than offset, so writes that land between two page
