@@ -59,6 +59,10 @@ impl Default for LeafScanner {
 /// Planned snapshots by (table, snapshot id).
 type PlanCache = HashMap<(String, i64), Arc<SnapshotFiles>>;
 
+/// Rows per decoded batch; every column of a file is read with the same size, so batches of
+/// different columns line up.
+const BATCH_ROWS: usize = 8192;
+
 /// Default memory for decoded leaves.
 pub const DEFAULT_CACHE_BYTES: usize = 512 << 20;
 
@@ -195,49 +199,77 @@ impl LeafScanner {
         for file in &files.files {
             let metadata = self.footer(&file.path)?;
             let schema = metadata.metadata().file_metadata().schema_descr();
-            let leaves: Vec<usize> = (0..schema.num_columns())
-                .filter(|&i| wanted(&fhir_path(schema.column(i).path().parts())))
-                .collect();
-            let key = (file.path.clone(), file.deleted.len(), leaves.clone());
-            let cached = self
-                .batches
-                .lock()
-                .expect("batch cache")
-                .map
-                .get(&key)
-                .cloned();
-            let batches = match cached {
-                Some(b) => b,
-                None => {
-                    let rows = metadata.metadata().file_metadata().num_rows() as usize;
-                    let handle = File::open(&file.path).map_err(|e| lake_err(&file.path, e))?;
-                    let mut builder = ParquetRecordBatchReaderBuilder::new_with_metadata(
-                        handle,
-                        metadata.clone(),
-                    )
-                    .with_projection(ProjectionMask::leaves(schema, leaves))
-                    .with_batch_size(8192);
-                    if !file.deleted.is_empty() {
-                        builder = builder.with_row_selection(selection(&file.deleted, rows));
-                    }
-                    let reader = builder.build().map_err(|e| lake_err(&file.path, e))?;
-                    let batches = Arc::new(
-                        reader
-                            .collect::<Result<Vec<_>, _>>()
-                            .map_err(|e| lake_err(&file.path, e))?,
-                    );
-                    self.batches
-                        .lock()
-                        .expect("batch cache")
-                        .insert(key, batches.clone());
-                    batches
+            // Leaves grouped by top-level column: each column is decoded and cached on its
+            // own, so searches reading different column sets share what they have in common.
+            let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+            for i in 0..schema.num_columns() {
+                if !wanted(&fhir_path(schema.column(i).path().parts())) {
+                    continue;
                 }
+                let root = schema.get_column_root_idx(i);
+                match groups.last_mut() {
+                    Some((r, leaves)) if *r == root => leaves.push(i),
+                    _ => groups.push((root, vec![i])),
+                }
+            }
+            let mut columns = Vec::with_capacity(groups.len());
+            for (_, leaves) in groups {
+                columns.push(self.column(file, &metadata, leaves)?);
+            }
+            let Some(first) = columns.first() else {
+                continue;
             };
-            for batch in batches.iter() {
-                visit(batch.clone())?;
+            for i in 0..first.len() {
+                let mut fields = Vec::with_capacity(columns.len());
+                let mut arrays = Vec::with_capacity(columns.len());
+                for c in &columns {
+                    let b = c.get(i).ok_or_else(|| {
+                        lake_err(&file.path, "column reads returned different batch counts")
+                    })?;
+                    fields.push(b.schema().field(0).clone());
+                    arrays.push(b.column(0).clone());
+                }
+                let schema = Arc::new(arrow::datatypes::Schema::new(fields));
+                let batch =
+                    RecordBatch::try_new(schema, arrays).map_err(|e| lake_err(&file.path, e))?;
+                visit(batch)?;
             }
         }
         Ok(())
+    }
+
+    /// The live rows of one top-level column (only `leaves` of it), decoded or cached.
+    fn column(
+        &self,
+        file: &ScanFile,
+        metadata: &ArrowReaderMetadata,
+        leaves: Vec<usize>,
+    ) -> Result<Arc<Vec<RecordBatch>>, LakeError> {
+        let key = (file.path.clone(), file.deleted.len(), leaves.clone());
+        if let Some(b) = self.batches.lock().expect("batch cache").map.get(&key) {
+            return Ok(b.clone());
+        }
+        let schema = metadata.metadata().file_metadata().schema_descr();
+        let rows = metadata.metadata().file_metadata().num_rows() as usize;
+        let handle = File::open(&file.path).map_err(|e| lake_err(&file.path, e))?;
+        let mut builder =
+            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
+                .with_projection(ProjectionMask::leaves(schema, leaves))
+                .with_batch_size(BATCH_ROWS);
+        if !file.deleted.is_empty() {
+            builder = builder.with_row_selection(selection(&file.deleted, rows));
+        }
+        let reader = builder.build().map_err(|e| lake_err(&file.path, e))?;
+        let batches = Arc::new(
+            reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| lake_err(&file.path, e))?,
+        );
+        self.batches
+            .lock()
+            .expect("batch cache")
+            .insert(key, batches.clone());
+        Ok(batches)
     }
 
     fn footer(&self, path: &str) -> Result<ArrowReaderMetadata, LakeError> {

@@ -455,6 +455,8 @@ pub fn criterion(
         ParamType::Special => return Err(unknown("", code)),
         ParamType::String => {
             let mode = match modifier {
+                // Full-text parameters match anywhere in the narrative or resource.
+                None if code == "_text" || code == "_content" => StringMode::Contains,
                 None => StringMode::Prefix,
                 Some("exact") => StringMode::Exact,
                 Some("contains") | Some("text") => StringMode::Contains,

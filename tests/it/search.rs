@@ -63,8 +63,10 @@ async fn fixtures(s: &TestServer) {
     put(
         s,
         json!({"resourceType": "Patient", "id": "p1", "active": true, "gender": "female",
+        "meta": {"profile": ["http://example.org/Patient"]},
         "name": [{"family": "Müller", "given": ["Zoë"]}], "birthDate": "1970-05-20",
-        "identifier": [{"system": "http://mrn", "value": "A1"}],
+        "identifier": [{"system": "http://mrn", "value": "A1", "type": {"coding": [
+            {"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}}],
         "telecom": [{"system": "phone", "value": "555-1"}],
         "address": [{"city": "BOSTON", "line": ["1 Main St"]}]}),
     )
@@ -72,6 +74,7 @@ async fn fixtures(s: &TestServer) {
     put(
         s,
         json!({"resourceType": "Patient", "id": "p2", "active": false, "gender": "male",
+        "meta": {"source": "http://example.org/feed"},
         "name": [{"family": "Mueller", "given": ["Zack"]}], "birthDate": "1969-12-31",
         "identifier": [{"system": "http://mrn", "value": "A2"}],
         "address": [{"city": "Cambridge"}]}),
@@ -80,18 +83,34 @@ async fn fixtures(s: &TestServer) {
     put(
         s,
         json!({"resourceType": "Patient", "id": "p3", "gender": "female",
+        "meta": {"security": [{"system": "http://example.org/sec", "code": "R"}]},
         "name": [{"family": "Smith", "given": ["Anna"]}], "birthDate": "1970"}),
     )
     .await;
     put(
         s,
         json!({"resourceType": "Patient", "id": "p4", "gender": "other",
+        "text": {"status": "generated",
+            "div": "<div xmlns=\"http://www.w3.org/1999/xhtml\">The Smithson family</div>"},
         "name": [{"family": "Smithson"}], "birthDate": "1985-03"}),
     )
     .await;
     put(
         s,
+        json!({"resourceType": "ValueSet", "id": "vs1", "status": "active",
+        "url": "http://acme.org/fhir/ValueSet/123"}),
+    )
+    .await;
+    put(
+        s,
+        json!({"resourceType": "RiskAssessment", "id": "ra1", "status": "final",
+        "subject": {"reference": "Patient/p1"}, "prediction": [{"probabilityDecimal": 0.8}]}),
+    )
+    .await;
+    put(
+        s,
         json!({"resourceType": "Observation", "id": "o1", "status": "final",
+        "meta": {"tag": [{"system": "http://example.org/tags", "code": "x"}]},
         "code": loinc("8302-2", "Body Height"), "subject": {"reference": "Patient/p1"},
         "effectiveDateTime": "2020-01-01T23:30:00-05:00", "valueQuantity": quantity(180.5, "cm")}),
     )
@@ -211,6 +230,32 @@ async fn every_parameter_type_modifier_and_prefix() {
             "Observation?code-value-quantity=http://loinc.org|8302-2$gt178",
             &["o1"],
         ),
+        // common parameters
+        ("Observation?_tag=http://example.org/tags|x", &["o1"]),
+        ("Patient?_profile=http://example.org/Patient", &["p1"]),
+        ("Patient?_source=http://example.org/feed", &["p2"]),
+        ("Patient?_security=http://example.org/sec|R", &["p3"]),
+        ("Patient?_lastUpdated=gt2000", &["p1", "p2", "p3", "p4"]),
+        ("Patient?_lastUpdated=lt2000", &[]),
+        ("Patient?_text=smithson", &["p4"]),
+        ("Patient?_content=zack", &["p2"]),
+        // token :of-type
+        (
+            "Patient?identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|A1",
+            &["p1"],
+        ),
+        // uri: exact, :below, :above
+        ("ValueSet?url=http://acme.org/fhir/ValueSet/123", &["vs1"]),
+        ("ValueSet?url:below=http://acme.org/fhir/", &["vs1"]),
+        (
+            "ValueSet?url:above=http://acme.org/fhir/ValueSet/123/_history/5",
+            &["vs1"],
+        ),
+        ("ValueSet?url:below=http://other.org/", &[]),
+        // number with implicit precision
+        ("RiskAssessment?probability=0.8", &["ra1"]),
+        ("RiskAssessment?probability=gt0.5", &["ra1"]),
+        ("RiskAssessment?probability=lt0.5", &[]),
         // repeated parameters are ANDed
         ("Observation?code=8302-2&subject=Patient/p2", &["o3"]),
         ("Patient?birthdate=ge1970&birthdate=lt1971", &["p1", "p3"]),
