@@ -32,6 +32,14 @@ if ! command -v wrk >/dev/null; then
   $SUDO apt-get install -y wrk || { $SUDO apt-get update && $SUDO apt-get install -y wrk; }
 fi
 
+# DuckDB and pyiceberg for the comparison, in the same venv the interop tests use.
+VENV=target/venv
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/pip" install -q --disable-pip-version-check \
+  "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1"
+
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fhirlake-bench-search.XXXXXX")
 SERVER_PID=""
 stop_server() {
@@ -120,6 +128,8 @@ errors = int(kv["non2xx"]) + int(kv["socket_errors"])
 print(f"| {name} | {rps:,.0f} | {int(kv['p50_us'])/1000:.1f} | {int(kv['p99_us'])/1000:.1f} | {errors} |")
 PY
   done
+  echo "== $label: DuckDB on the same Parquet files (sequential, one client each)"
+  "$VENV/bin/python" bench/search/duckdb_compare.py "$dd" "$q" "$base" >> "$WORK/$label.table"
   stop_server
   cat "$WORK/$label.table"
 }
