@@ -42,6 +42,18 @@ pub struct SnapshotFiles {
     pub files: Vec<ScanFile>,
 }
 
+/// Narrows a scan to candidate rows found through one column (an index lookup).
+pub struct Probe<'a> {
+    /// Top-level column the lookup reads.
+    pub column: &'a str,
+    /// Identifies the lookup's index (column path and normalization) in cache keys.
+    pub id: String,
+    /// Given a cache key for (file, deletes, index) and the file's decoded batches of
+    /// `column`, the `(batch, row)` pairs that may match.
+    #[allow(clippy::type_complexity)]
+    pub candidates: &'a dyn Fn(&str, &[RecordBatch]) -> Result<Vec<(u32, u32)>, LakeError>,
+}
+
 /// Cached snapshot plans, footers and decoded leaves; cheap to clone (shared caches).
 #[derive(Clone)]
 pub struct LeafScanner {
@@ -196,6 +208,21 @@ impl LeafScanner {
         wanted: &dyn Fn(&str) -> bool,
         visit: &mut dyn FnMut(RecordBatch) -> Result<(), LakeError>,
     ) -> Result<(), LakeError> {
+        self.scan_probed(files, wanted, None, visit)
+    }
+
+    /// Like [`Self::scan`], but when `probe` is given only the rows it names are read: it
+    /// gets the file's decoded batches of the probe column (keyed for caching by the file
+    /// and its deletes) and returns `(batch, row)` candidates, which are the only rows
+    /// assembled from the other columns and visited. Files without candidates are skipped
+    /// without decoding anything else.
+    pub fn scan_probed(
+        &self,
+        files: &SnapshotFiles,
+        wanted: &dyn Fn(&str) -> bool,
+        probe: Option<&Probe<'_>>,
+        visit: &mut dyn FnMut(RecordBatch) -> Result<(), LakeError>,
+    ) -> Result<(), LakeError> {
         for file in &files.files {
             let metadata = self.footer(&file.path)?;
             let schema = metadata.metadata().file_metadata().schema_descr();
@@ -212,6 +239,23 @@ impl LeafScanner {
                     _ => groups.push((root, vec![i])),
                 }
             }
+            let candidates = match probe {
+                None => None,
+                Some(probe) => {
+                    let Some((_, leaves)) = groups.iter().find(|(root, _)| {
+                        schema.root_schema().get_fields()[*root].name() == probe.column
+                    }) else {
+                        return Err(lake_err(&file.path, "the probe column is not read"));
+                    };
+                    let batches = self.column(file, &metadata, leaves.clone())?;
+                    let key = format!("{}#{}#{}", file.path, file.deleted.len(), probe.id);
+                    let found = (probe.candidates)(&key, &batches)?;
+                    if found.is_empty() {
+                        continue;
+                    }
+                    Some(found)
+                }
+            };
             let mut columns = Vec::with_capacity(groups.len());
             for (_, leaves) in groups {
                 columns.push(self.column(file, &metadata, leaves)?);
@@ -220,6 +264,21 @@ impl LeafScanner {
                 continue;
             };
             for i in 0..first.len() {
+                let rows: Option<Vec<u32>> = match &candidates {
+                    None => None,
+                    Some(c) => {
+                        let rows: Vec<u32> = c
+                            .iter()
+                            .filter(|(b, _)| *b as usize == i)
+                            .map(|(_, r)| *r)
+                            .collect();
+                        if rows.is_empty() {
+                            continue;
+                        }
+                        Some(rows)
+                    }
+                };
+                let take = rows.map(arrow::array::UInt32Array::from);
                 let mut fields = Vec::with_capacity(columns.len());
                 let mut arrays = Vec::with_capacity(columns.len());
                 for c in &columns {
@@ -227,7 +286,12 @@ impl LeafScanner {
                         lake_err(&file.path, "column reads returned different batch counts")
                     })?;
                     fields.push(b.schema().field(0).clone());
-                    arrays.push(b.column(0).clone());
+                    let array = match &take {
+                        Some(idx) => arrow::compute::take(b.column(0), idx, None)
+                            .map_err(|e| lake_err(&file.path, e))?,
+                        None => b.column(0).clone(),
+                    };
+                    arrays.push(array);
                 }
                 let schema = Arc::new(arrow::datatypes::Schema::new(fields));
                 let batch =

@@ -854,7 +854,11 @@ pub enum KeyColumn {
 /// The values `steps` reach below `array`, flattened into one array, with the row each
 /// belongs to (`usize::MAX` below a null parent). `owners` gives the row of each element of
 /// `array`. Filters (`Resolves`, `Where`) are not applied: sorting uses every value.
-fn flatten(array: &ArrayRef, steps: &[Step], owners: Vec<usize>) -> (ArrayRef, Vec<usize>) {
+pub(crate) fn flatten(
+    array: &ArrayRef,
+    steps: &[Step],
+    owners: Vec<usize>,
+) -> (ArrayRef, Vec<usize>) {
     let masked = |owners: Vec<usize>, a: &ArrayRef| -> Vec<usize> {
         match a.logical_nulls() {
             Some(nulls) => owners

@@ -7,20 +7,21 @@
 //! snapshot, so later pages do not shift under concurrent writes.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use serde_json::Value;
 
 use super::catalog::{ParamType, Path, SearchParam, Step};
-use super::eval::{Criterion, KeyColumn, SortKeySpec, SortKind, Test};
+use super::eval::{Criterion, KeyColumn, SortKeySpec, SortKind, Test, flatten};
 use super::query::{
     Filter, Include, MAX_CHAIN_MATCHES, SearchError, SearchRequest, Summary, Total,
 };
 use super::value;
 use crate::lake::Lake;
-use crate::lake::scan::{LeafScanner, SnapshotFiles};
+use crate::lake::scan::{LeafScanner, Probe, SnapshotFiles};
 use crate::schema::{ID_COLUMN, VERSION_COLUMN};
 use crate::store::reads::StoredVersion;
 use crate::store::{Store, StoreError};
@@ -71,6 +72,125 @@ pub struct Searcher {
     datastore_id: String,
     datastore_name: String,
     scanner: LeafScanner,
+    indexes: Arc<Mutex<IndexCache>>,
+}
+
+/// Value -> `(batch, row)` positions of one leaf in one file (with its deletes).
+type ValueIndex = HashMap<String, Vec<(u32, u32)>>;
+type IndexCache = HashMap<String, Arc<ValueIndex>>;
+
+/// Most cached value indexes (one per file and indexed path); cleared when full.
+const MAX_INDEXES: usize = 8192;
+
+/// An equality lookup that narrows a scan to candidate rows: the values of one leaf path
+/// (normalized) that a criterion needs. The criterion itself is still evaluated on the
+/// candidates, so the lookup only has to find a superset of the matches.
+struct ProbeSpec {
+    column: String,
+    steps: Vec<Step>,
+    references: bool,
+    keys: Vec<String>,
+}
+
+impl ProbeSpec {
+    fn id(&self) -> String {
+        format!("{}{:?}{}", self.column, self.steps, self.references)
+    }
+
+    /// The first filter that is an equality lookup on one path.
+    fn choose(ready: &[Ready]) -> Option<ProbeSpec> {
+        for r in ready {
+            if let Ready::Ids(ids) = r {
+                return Some(ProbeSpec {
+                    column: ID_COLUMN.to_string(),
+                    steps: Vec::new(),
+                    references: false,
+                    keys: ids.iter().cloned().collect(),
+                });
+            }
+        }
+        ready.iter().find_map(|r| {
+            let Ready::Criterion(Criterion::Paths {
+                paths,
+                test,
+                negate: false,
+            }) = r
+            else {
+                return None;
+            };
+            let [path] = paths.as_slice() else {
+                return None;
+            };
+            let column = path.column.clone()?;
+            let mut steps = path.steps.clone();
+            let field = |name: &str| Step::Field(name.to_string());
+            match test {
+                Test::Reference(keys) if path.fhir == "Reference" => {
+                    let keys: Option<Vec<String>> = keys
+                        .iter()
+                        .map(|(t, id)| t.as_ref().map(|t| format!("{t}/{id}")))
+                        .collect();
+                    steps.push(field("reference"));
+                    Some(ProbeSpec {
+                        column,
+                        steps,
+                        references: true,
+                        keys: keys?,
+                    })
+                }
+                Test::Token(tokens) => {
+                    let keys: Option<Vec<String>> = tokens.iter().map(|t| t.code.clone()).collect();
+                    match path.fhir.as_str() {
+                        "CodeableConcept" => steps.extend([field("coding"), field("code")]),
+                        "Coding" => steps.push(field("code")),
+                        "Identifier" => steps.push(field("value")),
+                        "code" | "string" | "id" | "uri" => {}
+                        _ => return None,
+                    }
+                    Some(ProbeSpec {
+                        column,
+                        steps,
+                        references: false,
+                        keys: keys?,
+                    })
+                }
+                _ => None,
+            }
+        })
+    }
+
+    /// Builds the value index of one file's probe column.
+    fn index(&self, batches: &[RecordBatch]) -> Result<ValueIndex, ExecError> {
+        let mut index: ValueIndex = HashMap::new();
+        for (b, batch) in batches.iter().enumerate() {
+            let column = batch.column(0);
+            let (leaf, owners) = flatten(column, &self.steps, (0..batch.num_rows()).collect());
+            let Ok(strings) = arrow::compute::cast(&leaf, &arrow::datatypes::DataType::Utf8) else {
+                continue;
+            };
+            let strings = strings.as_string::<i32>();
+            for (i, owner) in owners.iter().enumerate() {
+                if *owner == usize::MAX || !strings.is_valid(i) {
+                    continue;
+                }
+                let value = strings.value(i);
+                let key = if self.references {
+                    match value::reference_key(value) {
+                        Some((t, id)) => format!("{t}/{id}"),
+                        None => continue,
+                    }
+                } else {
+                    value.to_string()
+                };
+                let rows = index.entry(key).or_default();
+                let at = (b as u32, *owner as u32);
+                if rows.last() != Some(&at) {
+                    rows.push(at);
+                }
+            }
+        }
+        Ok(index)
+    }
 }
 
 /// A filter ready to evaluate on a batch (chains and `_has` already resolved).
@@ -102,6 +222,7 @@ impl Searcher {
             datastore_id: datastore_id.to_string(),
             datastore_name: datastore_name.to_string(),
             scanner: LeafScanner::default(),
+            indexes: Default::default(),
         }
     }
 
@@ -206,9 +327,10 @@ impl Searcher {
             }
         }
         let scanner = self.scanner.clone();
+        let indexes = self.indexes.clone();
         let sort = sort.to_vec();
         let mut matched =
-            tokio::task::spawn_blocking(move || scan(&scanner, &files, &ready, &sort))
+            tokio::task::spawn_blocking(move || scan(&scanner, &indexes, &files, &ready, &sort))
                 .await
                 .map_err(|e| ExecError::Lake(format!("search task failed: {e}")))??;
         matched.sort_by(|a, b| {
@@ -501,6 +623,7 @@ fn wanted(prefixes: &[String], leaf: &str) -> bool {
 /// Scans a snapshot and keeps the rows every filter accepts, with their sort keys.
 fn scan(
     scanner: &LeafScanner,
+    indexes: &Mutex<IndexCache>,
     files: &SnapshotFiles,
     ready: &[Ready],
     sort: &[SortKeySpec],
@@ -518,12 +641,48 @@ fn scan(
     }
     pre.sort();
     pre.dedup();
+    let spec = ProbeSpec::choose(ready);
+    let candidates = |key: &str, batches: &[RecordBatch]| {
+        let spec = spec.as_ref().expect("a probe has a spec");
+        let cached = indexes.lock().expect("index cache").get(key).cloned();
+        let index = match cached {
+            Some(i) => i,
+            None => {
+                let built = Arc::new(
+                    spec.index(batches)
+                        .map_err(|e| crate::lake::LakeError::Background(e.to_string()))?,
+                );
+                let mut cache = indexes.lock().expect("index cache");
+                if cache.len() >= MAX_INDEXES {
+                    cache.clear();
+                }
+                cache.insert(key.to_string(), built.clone());
+                built
+            }
+        };
+        let mut rows: Vec<(u32, u32)> = spec
+            .keys
+            .iter()
+            .filter_map(|k| index.get(k))
+            .flatten()
+            .copied()
+            .collect();
+        rows.sort_unstable();
+        rows.dedup();
+        Ok(rows)
+    };
+    let probe = spec.as_ref().map(|s| Probe {
+        column: &s.column,
+        id: s.id(),
+        candidates: &candidates,
+    });
     let mut out = Vec::new();
     let mut failure = None;
     scanner
-        .scan(
+        .scan_probed(
             files,
             &|leaf| wanted(&pre, leaf),
+            probe.as_ref(),
             &mut |batch: RecordBatch| match keep(&batch, ready, sort, &mut out) {
                 Ok(()) => Ok(()),
                 Err(e) => {
