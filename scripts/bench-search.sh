@@ -15,22 +15,8 @@ DURATION=${DURATION:-15s}
 SCALE=${SCALE:-10}
 THREADS=$(nproc)
 
-DATA=${1:-../shared/data/synthea-r4-585p}
-if [ ! -d "$DATA" ]; then
-  echo "NOTE: $DATA is absent (the shared Synthea data); using the shipped sample data/synthea-r4-100p"
-  DATA=data/synthea-r4-100p
-fi
-if [ -n "${FHIRLAKE_BIN:-}" ]; then
-  BIN=$FHIRLAKE_BIN
-else
-  cargo build --release --bin fhirlake
-  BIN=$ROOT/target/release/fhirlake
-fi
-if ! command -v wrk >/dev/null; then
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
-  $SUDO apt-get install -y wrk || { $SUDO apt-get update && $SUDO apt-get install -y wrk; }
-fi
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 
 # DuckDB and pyiceberg for the comparison, in the same venv the interop tests use.
 VENV=target/venv
