@@ -479,16 +479,11 @@ impl Searcher {
             {
                 continue;
             }
-            for id in ids {
-                if let Some(v) = self
-                    .store
-                    .read_current(&self.datastore_id, &ty, &id)
-                    .await?
-                    && !v.deleted
-                {
-                    out.push(v);
-                }
-            }
+            let current = self
+                .store
+                .read_current_many(&self.datastore_id, &ty, &ids)
+                .await?;
+            out.extend(current.into_iter().filter(|v| !v.deleted));
         }
         Ok(out)
     }
