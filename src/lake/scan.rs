@@ -54,11 +54,19 @@ pub struct Probe<'a> {
     pub candidates: &'a dyn Fn(&str, &[RecordBatch]) -> Result<Vec<(u32, u32)>, LakeError>,
 }
 
+/// A parsed footer and the FHIR path of each of its leaf columns (list wrappers removed),
+/// derived once per file rather than on every scan.
+#[derive(Clone)]
+struct Footer {
+    metadata: ArrowReaderMetadata,
+    leaf_paths: Arc<Vec<String>>,
+}
+
 /// Cached snapshot plans, footers and decoded leaves; cheap to clone (shared caches).
 #[derive(Clone)]
 pub struct LeafScanner {
     plans: Arc<Mutex<PlanCache>>,
-    footers: Arc<Mutex<HashMap<String, ArrowReaderMetadata>>>,
+    footers: Arc<Mutex<HashMap<String, Footer>>>,
     batches: Arc<Mutex<BatchCache>>,
 }
 
@@ -224,13 +232,16 @@ impl LeafScanner {
         visit: &mut dyn FnMut(RecordBatch) -> Result<(), LakeError>,
     ) -> Result<(), LakeError> {
         for file in &files.files {
-            let metadata = self.footer(&file.path)?;
+            let Footer {
+                metadata,
+                leaf_paths,
+            } = self.footer(&file.path)?;
             let schema = metadata.metadata().file_metadata().schema_descr();
             // Leaves grouped by top-level column: each column is decoded and cached on its
             // own, so searches reading different column sets share what they have in common.
             let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-            for i in 0..schema.num_columns() {
-                if !wanted(&fhir_path(schema.column(i).path().parts())) {
+            for (i, leaf_path) in leaf_paths.iter().enumerate() {
+                if !wanted(leaf_path) {
                     continue;
                 }
                 let root = schema.get_column_root_idx(i);
@@ -336,13 +347,23 @@ impl LeafScanner {
         Ok(batches)
     }
 
-    fn footer(&self, path: &str) -> Result<ArrowReaderMetadata, LakeError> {
+    fn footer(&self, path: &str) -> Result<Footer, LakeError> {
         if let Some(m) = self.footers.lock().expect("footer cache").get(path) {
             return Ok(m.clone());
         }
         let file = File::open(path).map_err(|e| lake_err(path, e))?;
-        let m = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
+        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
             .map_err(|e| lake_err(path, e))?;
+        let schema = metadata.metadata().file_metadata().schema_descr();
+        let leaf_paths = Arc::new(
+            (0..schema.num_columns())
+                .map(|i| fhir_path(schema.column(i).path().parts()))
+                .collect(),
+        );
+        let m = Footer {
+            metadata,
+            leaf_paths,
+        };
         let mut footers = self.footers.lock().expect("footer cache");
         if footers.len() >= MAX_FOOTERS {
             footers.clear();

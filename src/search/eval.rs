@@ -6,7 +6,10 @@
 //! flat child arrays and folded back to rows with their offsets, so the cost is one pass over
 //! the values actually present, with no JSON parsing.
 
-use arrow::array::{Array, ArrayRef, AsArray, Float64Array, StringArray, StructArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Float64Array, GenericListArray, OffsetSizeTrait, StringArray,
+    StructArray,
+};
 use arrow::compute::cast;
 use arrow::datatypes::DataType;
 use datafusion::error::{DataFusionError, Result as DFResult};
@@ -57,8 +60,6 @@ pub enum Test {
     OfType(Vec<OfType>),
     /// References by `Type/id` keys, or by id alone when the type is `None`.
     Reference(Vec<(Option<String>, String)>),
-    /// Canonical or plain URL references, compared exactly (ignoring `|version`).
-    Canonical(Vec<String>),
     /// `:identifier` on references.
     ReferenceIdentifier(Vec<Token>),
     Date(Vec<(Prefix, Micros, Micros)>),
@@ -105,35 +106,6 @@ pub enum Criterion {
 }
 
 impl Criterion {
-    /// The top-level columns the criterion reads, in first-use order.
-    pub fn columns(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        let mut add = |p: &Path| {
-            if let Some(c) = &p.column
-                && !out.contains(c)
-            {
-                out.push(c.clone());
-            }
-        };
-        self.visit_paths(&mut add);
-        out
-    }
-
-    fn visit_paths(&self, f: &mut impl FnMut(&Path)) {
-        match self {
-            Criterion::Paths { paths, .. } => paths.iter().for_each(f),
-            Criterion::Composite { base, components } => {
-                if let Some(b) = base {
-                    f(b);
-                }
-                for (paths, _) in components {
-                    paths.iter().for_each(&mut *f);
-                }
-            }
-            Criterion::Any(all) => all.iter().for_each(|c| c.visit_paths(f)),
-        }
-    }
-
     /// Evaluates the criterion on a batch given by its columns (named as [`Self::columns`]).
     pub fn evaluate(&self, columns: &[(String, ArrayRef)], rows: usize) -> DFResult<Vec<bool>> {
         match self {
@@ -217,28 +189,10 @@ type Leaf<'a> = dyn Fn(&ArrayRef) -> DFResult<Vec<bool>> + 'a;
 /// `leaf`. Lists anywhere are traversed and folded back with their offsets.
 pub fn walk(array: &ArrayRef, steps: &[Step], leaf: &Leaf<'_>) -> DFResult<Vec<bool>> {
     if let Some(list) = array.as_list_opt::<i32>() {
-        let inner = walk(list.values(), steps, leaf)?;
-        let offsets = list.value_offsets();
-        return Ok((0..list.len())
-            .map(|i| {
-                list.is_valid(i)
-                    && inner[offsets[i] as usize..offsets[i + 1] as usize]
-                        .iter()
-                        .any(|b| *b)
-            })
-            .collect());
+        return any_per_list(list, steps, leaf);
     }
     if let Some(list) = array.as_list_opt::<i64>() {
-        let inner = walk(list.values(), steps, leaf)?;
-        let offsets = list.value_offsets();
-        return Ok((0..list.len())
-            .map(|i| {
-                list.is_valid(i)
-                    && inner[offsets[i] as usize..offsets[i + 1] as usize]
-                        .iter()
-                        .any(|b| *b)
-            })
-            .collect());
+        return any_per_list(list, steps, leaf);
     }
     let Some((step, rest)) = steps.split_first() else {
         let mut out = leaf(array)?;
@@ -278,6 +232,24 @@ pub fn walk(array: &ArrayRef, steps: &[Step], leaf: &Leaf<'_>) -> DFResult<Vec<b
     };
     mask_nulls(&mut out, array);
     Ok(out)
+}
+
+/// Walks a list's values and folds the result back: a list matches when any element does.
+fn any_per_list<O: OffsetSizeTrait>(
+    list: &GenericListArray<O>,
+    steps: &[Step],
+    leaf: &Leaf<'_>,
+) -> DFResult<Vec<bool>> {
+    let inner = walk(list.values(), steps, leaf)?;
+    let offsets = list.value_offsets();
+    Ok((0..list.len())
+        .map(|i| {
+            list.is_valid(i)
+                && inner[offsets[i].as_usize()..offsets[i + 1].as_usize()]
+                    .iter()
+                    .any(|b| *b)
+        })
+        .collect())
 }
 
 fn mask_nulls(out: &mut [bool], array: &ArrayRef) {
@@ -437,20 +409,6 @@ fn leaf(array: &ArrayRef, fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
                 },
                 _ => strings(array, |s| matcher.matches(s)),
             }
-        }
-        Test::Canonical(urls) => {
-            let target = if fhir == "Reference" {
-                match child(array, "reference") {
-                    Some(r) => r,
-                    None => return none(),
-                }
-            } else {
-                array
-            };
-            strings(target, |s| {
-                let s = s.split('|').next().unwrap_or(s);
-                urls.iter().any(|u| u == s)
-            })
         }
         Test::ReferenceIdentifier(tokens) => match child(array, "identifier") {
             Some(id) => walk(id, &[], &|a| {

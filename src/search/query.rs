@@ -529,37 +529,23 @@ pub fn criterion(
             if let Some(m) = modifier {
                 return Err(bad_modifier(m));
             }
-            Test::Date(
-                values(raw)
-                    .iter()
-                    .map(|v| {
-                        let (prefix, rest) = Prefix::split(v);
-                        let (lo, hi) = value::date_range(rest).ok_or_else(|| {
-                            SearchError::invalid(format!(
-                                "invalid date '{v}' for '{code}': use [prefix]yyyy[-mm[-dd[Thh:mm[:ss][zone]]]]"
-                            ))
-                        })?;
-                        Ok((prefix, lo, hi))
-                    })
-                    .collect::<Result<_, SearchError>>()?,
-            )
+            Test::Date(prefixed(
+                raw,
+                value::date_range,
+                || format!("for '{code}': use [prefix]yyyy[-mm[-dd[Thh:mm[:ss][zone]]]]"),
+                "date",
+            )?)
         }
         ParamType::Number => {
             if let Some(m) = modifier {
                 return Err(bad_modifier(m));
             }
-            Test::Number(
-                values(raw)
-                    .iter()
-                    .map(|v| {
-                        let (prefix, rest) = Prefix::split(v);
-                        let (lo, hi) = value::number_range(rest).ok_or_else(|| {
-                            SearchError::invalid(format!("invalid number '{v}' for '{code}'"))
-                        })?;
-                        Ok((prefix, lo, hi))
-                    })
-                    .collect::<Result<_, SearchError>>()?,
-            )
+            Test::Number(prefixed(
+                raw,
+                value::number_range,
+                || format!("for '{code}'"),
+                "number",
+            )?)
         }
         ParamType::Quantity => {
             if let Some(m) = modifier {
@@ -590,6 +576,24 @@ pub fn criterion(
         test,
         negate,
     })
+}
+
+/// Comma-separated `[prefix]value` search values, each parsed into its range.
+fn prefixed<T>(
+    raw: &str,
+    parse: impl Fn(&str) -> Option<(T, T)>,
+    hint: impl Fn() -> String,
+    kind: &str,
+) -> Result<Vec<(Prefix, T, T)>, SearchError> {
+    values(raw)
+        .iter()
+        .map(|v| {
+            let (prefix, rest) = Prefix::split(v);
+            let (lo, hi) = parse(rest)
+                .ok_or_else(|| SearchError::invalid(format!("invalid {kind} '{v}' {}", hint())))?;
+            Ok((prefix, lo, hi))
+        })
+        .collect()
 }
 
 fn token(v: &str) -> Token {

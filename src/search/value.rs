@@ -1,7 +1,7 @@
 //! Search values: prefixes, date ranges, numbers with implicit precision, tokens, references
 //! and the accent- and case-folding of string search.
 
-use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{NaiveDate, NaiveDateTime, NaiveTime};
 use unicode_normalization::UnicodeNormalization;
 
 /// A comparison prefix of number, date and quantity values.
@@ -230,24 +230,25 @@ pub fn reference_key(reference: &str) -> Option<(&str, &str)> {
     Some((ty, id))
 }
 
-/// Formats microseconds as an RFC 3339 instant (for sort keys and messages).
-pub fn format_micros(micros: Micros) -> String {
-    Utc.timestamp_micros(micros)
-        .single()
-        .map(|d: DateTime<Utc>| d.to_rfc3339())
-        .unwrap_or_default()
-}
-
-/// The year of an instant, used to sanity-check parsed dates in tests.
-pub fn year_of(micros: Micros) -> i32 {
-    Utc.timestamp_micros(micros)
-        .single()
-        .map_or(0, |d| d.year())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::{DateTime, Datelike, TimeZone, Utc};
+
+    /// Formats microseconds as an RFC 3339 instant (for sort keys and messages).
+    fn format_micros(micros: Micros) -> String {
+        Utc.timestamp_micros(micros)
+            .single()
+            .map(|d: DateTime<Utc>| d.to_rfc3339())
+            .unwrap_or_default()
+    }
+
+    /// The year of an instant, used to sanity-check parsed dates in tests.
+    fn year_of(micros: Micros) -> i32 {
+        Utc.timestamp_micros(micros)
+            .single()
+            .map_or(0, |d| d.year())
+    }
 
     #[test]
     fn date_precision_and_zones() {
