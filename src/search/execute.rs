@@ -73,6 +73,46 @@ pub struct Searcher {
     datastore_name: String,
     scanner: LeafScanner,
     indexes: Arc<Mutex<IndexCache>>,
+    lists: Arc<Mutex<MatchLists>>,
+}
+
+/// The sorted match lists of recent searches, keyed by type, snapshot and filters+sort.
+///
+/// A snapshot never changes, so a list stays valid for as long as its snapshot exists: the
+/// pages of one search (and repeats of it) are cut from one evaluation instead of re-scanning
+/// and re-sorting every match for every page, which made deep pages cost as much as the
+/// whole result.
+#[derive(Default)]
+struct MatchLists {
+    /// Most recently used last.
+    entries: Vec<(String, Arc<Vec<(String, i64)>>)>,
+    ids: usize,
+}
+
+/// How many lists, and how many ids in all, the cache keeps.
+const MAX_LISTS: usize = 64;
+const MAX_LISTED_IDS: usize = 2_000_000;
+
+impl MatchLists {
+    fn get(&mut self, key: &str) -> Option<Arc<Vec<(String, i64)>>> {
+        let at = self.entries.iter().position(|(k, _)| k == key)?;
+        let entry = self.entries.remove(at);
+        let list = entry.1.clone();
+        self.entries.push(entry);
+        Some(list)
+    }
+
+    fn insert(&mut self, key: String, list: Arc<Vec<(String, i64)>>) {
+        if list.len() > MAX_LISTED_IDS / 4 {
+            return;
+        }
+        self.ids += list.len();
+        self.entries.push((key, list));
+        while self.entries.len() > MAX_LISTS || self.ids > MAX_LISTED_IDS {
+            let (_, old) = self.entries.remove(0);
+            self.ids -= old.len();
+        }
+    }
 }
 
 /// Value -> `(batch, row)` positions of one leaf in one file (with its deletes).
@@ -223,6 +263,7 @@ impl Searcher {
             datastore_name: datastore_name.to_string(),
             scanner: LeafScanner::default(),
             indexes: Default::default(),
+            lists: Default::default(),
         }
     }
 
@@ -237,10 +278,48 @@ impl Searcher {
             .iter()
             .map(|k| sort_spec(&k.param, k.descending))
             .collect();
-        let (matched, snapshot) = self
-            .run(req.resource_type, snapshot, &req.filters, &sort)
-            .await?
-            .unwrap_or_default();
+        let Some((table, snapshot)) = self.snapshot(req.resource_type, snapshot).await? else {
+            return Ok(SearchPage {
+                matches: Vec::new(),
+                included: Vec::new(),
+                total: (req.total == Total::Accurate || req.summary == Summary::Count)
+                    .then_some(0),
+                this_cursor: cursor(0, 0),
+                next_cursor: None,
+                previous_cursor: None,
+            });
+        };
+        // Chains and `_has` read other types at their current snapshots, which the key does
+        // not pin, so only self-contained searches are cached.
+        let cacheable = req
+            .filters
+            .iter()
+            .all(|f| matches!(f, Filter::Criterion(_) | Filter::Ids(_)));
+        let key = format!("{}@{snapshot}{:?}{sort:?}", req.resource_type, req.filters);
+        let cached = if cacheable {
+            self.lists.lock().expect("match list lock").get(&key)
+        } else {
+            None
+        };
+        let matched = match cached {
+            Some(list) => list,
+            None => {
+                let list: Arc<Vec<(String, i64)>> = Arc::new(
+                    self.run_at(&table, snapshot, req.resource_type, &req.filters, &sort)
+                        .await?
+                        .into_iter()
+                        .map(|m| (m.id, m.version))
+                        .collect(),
+                );
+                if cacheable {
+                    self.lists
+                        .lock()
+                        .expect("match list lock")
+                        .insert(key, list.clone());
+                }
+                list
+            }
+        };
         let total = (req.total == Total::Accurate || req.summary == Summary::Count)
             .then_some(matched.len());
         if req.summary == Summary::Count {
@@ -254,12 +333,7 @@ impl Searcher {
             });
         }
         let end = (offset + req.count).min(matched.len());
-        let keys: Vec<(String, i64)> = matched
-            .get(offset..end)
-            .unwrap_or_default()
-            .iter()
-            .map(|m| (m.id.clone(), m.version))
-            .collect();
+        let keys: Vec<(String, i64)> = matched.get(offset..end).unwrap_or_default().to_vec();
         let more = matched.len() > offset + req.count;
         let matches = self.load(req.resource_type, &keys).await?;
         let included = self.includes(req, &matches).await?;
@@ -300,10 +374,26 @@ impl Searcher {
         filters: &[Filter],
         sort: &[SortKeySpec],
     ) -> Result<Option<(Vec<Matched>, i64)>, ExecError> {
+        let Some((table, snapshot)) = self.snapshot(resource_type, snapshot).await? else {
+            return Ok(None);
+        };
+        let matched = self
+            .run_at(&table, snapshot, resource_type, filters, sort)
+            .await?;
+        Ok(Some((matched, snapshot)))
+    }
+
+    /// The table of `resource_type` and the snapshot to search: `requested` (from a cursor),
+    /// which must still exist, or the current one. `None` before the type has data.
+    async fn snapshot(
+        &self,
+        resource_type: &str,
+        requested: Option<i64>,
+    ) -> Result<Option<(iceberg::table::Table, i64)>, ExecError> {
         let Some(table) = self.lake.table(&self.datastore_name, resource_type).await? else {
             return Ok(None);
         };
-        let snapshot = match snapshot {
+        let snapshot = match requested {
             Some(s) if table.metadata().snapshot_by_id(s).is_none() => {
                 return Err(SearchError::invalid(
                     "the paging cursor refers to a lake snapshot that no longer exists; \
@@ -317,13 +407,25 @@ impl Searcher {
                 None => return Ok(None),
             },
         };
-        let files = self.scanner.files(&table, snapshot).await?;
+        Ok(Some((table, snapshot)))
+    }
+
+    /// Every row of `snapshot` matching `filters`, sorted by `sort` then id.
+    async fn run_at(
+        &self,
+        table: &iceberg::table::Table,
+        snapshot: i64,
+        resource_type: &str,
+        filters: &[Filter],
+        sort: &[SortKeySpec],
+    ) -> Result<Vec<Matched>, ExecError> {
+        let files = self.scanner.files(table, snapshot).await?;
         let mut ready = Vec::with_capacity(filters.len());
         for f in filters {
             match Box::pin(self.ready(resource_type, f)).await? {
                 Some(r) => ready.push(r),
                 // A filter that can match nothing: no need to scan.
-                None => return Ok(Some((Vec::new(), snapshot))),
+                None => return Ok(Vec::new()),
             }
         }
         let scanner = self.scanner.clone();
@@ -342,7 +444,7 @@ impl Searcher {
             }
             a.id.cmp(&b.id)
         });
-        Ok(Some((matched, snapshot)))
+        Ok(matched)
     }
 
     /// Resolves a filter to one that evaluates on a batch; `None` when it matches nothing.

@@ -14,6 +14,7 @@ mod datastores;
 mod lake_rows;
 pub mod reads;
 mod resources;
+mod version_cache;
 
 pub use datastores::{Datastore, DatastoreStatus};
 pub use lake_rows::{AddedFile, LakeCommitRecord, LakeFile, LakeRow};
@@ -63,6 +64,8 @@ pub struct Store {
     /// Bumped after every committed resource write, so readers that need their own writes
     /// in the lake (search) can tell cheaply whether a lake sync is due.
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Decompressed versions recently read (versions are immutable, so never stale).
+    versions: version_cache::VersionCache,
 }
 
 const SCHEMA: &str = r#"
@@ -143,6 +146,7 @@ impl Store {
         Ok(Self {
             pool,
             writes: Default::default(),
+            versions: Default::default(),
         })
     }
 

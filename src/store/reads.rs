@@ -6,6 +6,7 @@
 //! serializes them with every other writer, including [`Store::put_resources`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
@@ -204,9 +205,17 @@ impl Store {
         resource_type: &str,
         keys: &[(String, i64)],
     ) -> Result<Vec<StoredVersion>, StoreError> {
-        let mut found: HashMap<(String, i64), StoredVersion> = HashMap::with_capacity(keys.len());
+        let cached = self.versions.get_many(datastore_id, resource_type, keys);
+        let missing: Vec<(String, i64)> = keys
+            .iter()
+            .zip(&cached)
+            .filter(|(_, c)| c.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut found: HashMap<(String, i64), StoredVersion> =
+            HashMap::with_capacity(missing.len());
         // Two bound values per key; SQLite allows 32,766 per statement.
-        for chunk in keys.chunks(5_000) {
+        for chunk in missing.chunks(5_000) {
             let mut q = QueryBuilder::<Sqlite>::new(format!(
                 "SELECT {VERSION_COLUMNS} FROM resource_versions v WHERE v.datastore_id = "
             ));
@@ -229,9 +238,15 @@ impl Store {
                 found.insert((v.id.clone(), v.version), v);
             }
         }
+        let fresh: Vec<Arc<StoredVersion>> = found.values().cloned().map(Arc::new).collect();
+        self.versions.insert_many(datastore_id, &fresh);
         Ok(keys
             .iter()
-            .filter_map(|k| found.remove(&(k.0.clone(), k.1)))
+            .zip(cached)
+            .filter_map(|(k, c)| match c {
+                Some(v) => Some(StoredVersion::clone(&v)),
+                None => found.remove(&(k.0.clone(), k.1)),
+            })
             .collect())
     }
 
@@ -243,12 +258,15 @@ impl Store {
         resource_type: &str,
         ids: &[String],
     ) -> Result<Vec<StoredVersion>, StoreError> {
-        let mut found: HashMap<String, StoredVersion> = HashMap::with_capacity(ids.len());
+        // The current version numbers come back as one aggregated row (ids hold no spaces),
+        // because the SQLite driver hands every result row to the async side separately; the
+        // versions themselves then mostly come from the version cache.
+        let mut current: HashMap<String, i64> = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(10_000) {
-            let mut q = QueryBuilder::<Sqlite>::new(format!(
-                "SELECT {VERSION_COLUMNS} FROM resources_current c \
-                 JOIN resource_versions v ON v.seq = c.seq WHERE c.datastore_id = "
-            ));
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "SELECT group_concat(c.id || ' ' || c.version, ' ') FROM resources_current c \
+                 WHERE c.datastore_id = ",
+            );
             q.push_bind(datastore_id)
                 .push(" AND c.resource_type = ")
                 .push_bind(resource_type)
@@ -258,12 +276,23 @@ impl Store {
                 values.push_bind(id.as_str());
             }
             q.push(")");
-            for row in q.build().fetch_all(self.pool()).await? {
-                let v = version_from_row(&row)?;
-                found.insert(v.id.clone(), v);
+            let listed: Option<String> = q.build_query_scalar().fetch_one(self.pool()).await?;
+            let listed = listed.unwrap_or_default();
+            let mut words = listed.split(' ').filter(|w| !w.is_empty());
+            while let (Some(id), Some(version)) = (words.next(), words.next()) {
+                let version = version.parse().map_err(|_| StoreError::CorruptBlob {
+                    resource_type: resource_type.to_string(),
+                    id: id.to_string(),
+                    message: format!("current version '{version}' is not a number"),
+                })?;
+                current.insert(id.to_string(), version);
             }
         }
-        Ok(ids.iter().filter_map(|id| found.remove(id)).collect())
+        let keys: Vec<(String, i64)> = ids
+            .iter()
+            .filter_map(|id| current.get(id).map(|v| (id.clone(), *v)))
+            .collect();
+        self.read_versions(datastore_id, resource_type, &keys).await
     }
 
     /// A page of versions, newest first (by change sequence), system-, type- or instance-wide.
