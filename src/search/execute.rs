@@ -282,8 +282,7 @@ impl Searcher {
             return Ok(SearchPage {
                 matches: Vec::new(),
                 included: Vec::new(),
-                total: (req.total == Total::Accurate || req.summary == Summary::Count)
-                    .then_some(0),
+                total: (req.total == Total::Accurate || req.summary == Summary::Count).then_some(0),
                 this_cursor: cursor(0, 0),
                 next_cursor: None,
                 previous_cursor: None,

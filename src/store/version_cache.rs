@@ -109,7 +109,10 @@ mod tests {
     #[test]
     fn finds_what_was_inserted_per_data_store_and_version() {
         let cache = VersionCache::default();
-        cache.insert_many("ds1", &[version("a", 1, "{}"), version("a", 2, "{\"x\":1}")]);
+        cache.insert_many(
+            "ds1",
+            &[version("a", 1, "{}"), version("a", 2, "{\"x\":1}")],
+        );
         let got = cache.get_many(
             "ds1",
             "Patient",
