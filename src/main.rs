@@ -74,6 +74,24 @@ enum Command {
         /// Write results to this file instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Run against a fhirlake Flight SQL server (grpc://HOST:PORT or grpc+tls://…)
+        /// instead of the local data directory.
+        #[arg(long, value_name = "URL")]
+        connect: Option<String>,
+        /// Bearer token for --connect.
+        #[arg(
+            long,
+            env = "FHIRLAKE_FLIGHT_SQL_TOKEN",
+            hide_env_values = true,
+            requires = "connect"
+        )]
+        token: Option<String>,
+        /// User name for --connect (the password comes from FHIRLAKE_FLIGHT_SQL_PASSWORD).
+        #[arg(long, requires = "connect")]
+        user: Option<String>,
+        /// CA certificate (PEM) for a grpc+tls server with a private CA.
+        #[arg(long, requires = "connect")]
+        tls_ca: Option<PathBuf>,
     },
     /// Serve the FHIR R4 REST API (one base URL per data store).
     Serve {
@@ -83,6 +101,8 @@ enum Command {
         /// Largest accepted request body; larger ones get 413.
         #[arg(long, default_value_t = 16 << 20)]
         max_body_bytes: usize,
+        #[command(flatten)]
+        flight: FlightArgs,
     },
     /// The demo: load the shipped Synthea sample (once) and open the SQL REPL.
     Demo {
@@ -104,6 +124,72 @@ enum Command {
         #[arg(long, default_value = "schemas")]
         out: PathBuf,
     },
+}
+
+/// Options of the Flight SQL endpoint that `serve` starts next to the REST API.
+#[derive(clap::Args)]
+struct FlightArgs {
+    /// Address of the Arrow Flight SQL endpoint (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    flight_sql: std::net::SocketAddr,
+    /// Do not serve Flight SQL.
+    #[arg(long, conflicts_with = "flight_sql")]
+    no_flight_sql: bool,
+    /// Bearer token Flight SQL clients must send (required off loopback, unless a user is set).
+    #[arg(long, env = "FHIRLAKE_FLIGHT_SQL_TOKEN", hide_env_values = true)]
+    flight_sql_token: Option<String>,
+    /// User name for Flight SQL basic authentication (with --flight-sql-password).
+    #[arg(
+        long,
+        env = "FHIRLAKE_FLIGHT_SQL_USER",
+        requires = "flight_sql_password"
+    )]
+    flight_sql_user: Option<String>,
+    /// Password for Flight SQL basic authentication.
+    #[arg(
+        long,
+        env = "FHIRLAKE_FLIGHT_SQL_PASSWORD",
+        hide_env_values = true,
+        requires = "flight_sql_user"
+    )]
+    flight_sql_password: Option<String>,
+    /// PEM certificate chain to serve Flight SQL over TLS (with --flight-sql-tls-key).
+    #[arg(long, requires = "flight_sql_tls_key")]
+    flight_sql_tls_cert: Option<PathBuf>,
+    /// PEM private key for --flight-sql-tls-cert.
+    #[arg(long, requires = "flight_sql_tls_cert")]
+    flight_sql_tls_key: Option<PathBuf>,
+    /// Most memory (MiB) one query's sorts, joins and aggregations may use; 0 for no limit.
+    #[arg(long, default_value_t = 2048)]
+    query_memory_mb: usize,
+    /// Longest (seconds) one Flight SQL query may run, including fetching; 0 for no limit.
+    #[arg(long, default_value_t = 600)]
+    query_timeout_secs: u64,
+}
+
+impl FlightArgs {
+    fn config(&self) -> Option<fhirlake::flight::FlightSqlConfig> {
+        if self.no_flight_sql {
+            return None;
+        }
+        Some(fhirlake::flight::FlightSqlConfig {
+            addr: self.flight_sql,
+            auth: fhirlake::flight::AuthConfig {
+                token: self.flight_sql_token.clone(),
+                basic: self
+                    .flight_sql_user
+                    .clone()
+                    .zip(self.flight_sql_password.clone()),
+            },
+            tls: self
+                .flight_sql_tls_cert
+                .clone()
+                .zip(self.flight_sql_tls_key.clone()),
+            memory_limit: (self.query_memory_mb > 0).then_some(self.query_memory_mb << 20),
+            timeout: (self.query_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.query_timeout_secs)),
+        })
+    }
 }
 
 fn main() -> ExitCode {
@@ -164,9 +250,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             file,
             format,
             output,
+            connect,
+            token,
+            user,
+            tls_ca,
         } => {
-            let inst = Installation::open(&cli.data_dir).await?;
-            let ds = inst.datastore(datastore.as_deref()).await?;
             let script = match (execute, file) {
                 (Some(sql), _) => Some(sql),
                 (None, Some(f)) => Some(
@@ -175,13 +263,43 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ),
                 (None, None) => None,
             };
-            let backend = local_backend(inst.clone(), &ds).await?;
+            let (backend, history) = match connect {
+                Some(url) => {
+                    let basic = match user {
+                        Some(user) => Some((
+                            user,
+                            std::env::var("FHIRLAKE_FLIGHT_SQL_PASSWORD").context(
+                                "--user needs the password in FHIRLAKE_FLIGHT_SQL_PASSWORD",
+                            )?,
+                        )),
+                        None => None,
+                    };
+                    let options = fhirlake::cli::remote::RemoteOptions {
+                        url,
+                        datastore,
+                        token,
+                        basic,
+                        tls_ca,
+                    };
+                    let backend = fhirlake::cli::remote::RemoteBackend::connect(options).await?;
+                    (
+                        Arc::new(backend) as Arc<dyn fhirlake::cli::QueryBackend>,
+                        None,
+                    )
+                }
+                None => {
+                    let inst = Installation::open(&cli.data_dir).await?;
+                    let ds = inst.datastore(datastore.as_deref()).await?;
+                    let history = inst.data_dir.join("sql_history");
+                    (local_backend(inst, &ds).await?, Some(history))
+                }
+            };
             match script {
                 Some(sql) => Ok(run_statements(backend, &sql, format, output.as_deref())
                     .await?
                     .exit_code()),
                 None => {
-                    repl(&inst, backend, format).await?;
+                    repl(history, backend, format).await?;
                     Ok(ExitCode::SUCCESS)
                 }
             }
@@ -189,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             http,
             max_body_bytes,
+            flight,
         } => {
             let inst = Installation::open(&cli.data_dir).await?;
             // Make sure the default data store exists, so a fresh installation serves it.
@@ -197,7 +316,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 body_limit: max_body_bytes,
                 ..Default::default()
             };
-            fhirlake::api::serve(inst, http, config, fhirlake::api::shutdown_signal()).await?;
+            serve(inst, http, config, flight.config()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sample } => {
@@ -208,7 +327,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 import(&inst, &sample, None, false).await?;
             }
             let backend = local_backend(inst.clone(), &ds).await?;
-            repl(&inst, backend, OutputFormat::Table).await?;
+            repl(
+                Some(inst.data_dir.join("sql_history")),
+                backend,
+                OutputFormat::Table,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { datastore } => {
@@ -261,14 +385,59 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Runs the REST API and (unless disabled) the Flight SQL endpoint until Ctrl-C or SIGTERM,
+/// printing each data store's base URL and the Flight SQL endpoint once both are bound.
+async fn serve(
+    inst: Installation,
+    http: std::net::SocketAddr,
+    config: fhirlake::api::ApiConfig,
+    flight: Option<fhirlake::flight::FlightSqlConfig>,
+) -> anyhow::Result<()> {
+    let api = fhirlake::api::Server::bind(inst.clone(), http, config).await?;
+    let flight = match flight {
+        Some(config) => Some(fhirlake::flight::FlightSqlServer::bind(&inst, config).await?),
+        None => None,
+    };
+    for (ds, url) in api.base_urls() {
+        println!("FHIR R4 base URL of data store '{}': {url}", ds.name);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let flight_task = flight.map(|server| {
+        println!("Flight SQL endpoint: {}", server.endpoint());
+        tokio::spawn(server.run(until_stopped()))
+    });
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let on_signal = Arc::clone(&stop);
+    tokio::spawn(async move {
+        fhirlake::api::shutdown_signal().await;
+        on_signal.send_replace(true);
+    });
+    let api_result = api.run(until_stopped()).await;
+    // Whichever way the REST server ended, the Flight SQL endpoint ends with it.
+    stop.send_replace(true);
+    if let Some(task) = flight_task {
+        task.await??;
+    }
+    api_result?;
+    Ok(())
+}
+
 /// The interactive REPL, with history in the data directory.
 async fn repl(
-    inst: &Installation,
+    history_file: Option<PathBuf>,
     backend: Arc<dyn fhirlake::cli::QueryBackend>,
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let options = ReplOptions {
-        history_file: Some(inst.data_dir.join("sql_history")),
+        history_file,
         format,
         ..Default::default()
     };

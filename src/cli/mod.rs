@@ -11,6 +11,7 @@
 
 pub mod local;
 pub mod output;
+pub mod remote;
 pub mod repl;
 
 use std::path::PathBuf;

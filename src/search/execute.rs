@@ -85,16 +85,19 @@ pub struct Searcher {
 #[derive(Default)]
 struct MatchLists {
     /// Most recently used last.
-    entries: Vec<(String, Arc<Vec<(String, i64)>>)>,
+    entries: Vec<(String, MatchList)>,
     ids: usize,
 }
+
+/// One search's matches in result order: (resource id, sort position).
+type MatchList = Arc<Vec<(String, i64)>>;
 
 /// How many lists, and how many ids in all, the cache keeps.
 const MAX_LISTS: usize = 64;
 const MAX_LISTED_IDS: usize = 2_000_000;
 
 impl MatchLists {
-    fn get(&mut self, key: &str) -> Option<Arc<Vec<(String, i64)>>> {
+    fn get(&mut self, key: &str) -> Option<MatchList> {
         let at = self.entries.iter().position(|(k, _)| k == key)?;
         let entry = self.entries.remove(at);
         let list = entry.1.clone();
@@ -102,7 +105,7 @@ impl MatchLists {
         Some(list)
     }
 
-    fn insert(&mut self, key: String, list: Arc<Vec<(String, i64)>>) {
+    fn insert(&mut self, key: String, list: MatchList) {
         if list.len() > MAX_LISTED_IDS / 4 {
             return;
         }
@@ -303,7 +306,7 @@ impl Searcher {
         let matched = match cached {
             Some(list) => list,
             None => {
-                let list: Arc<Vec<(String, i64)>> = Arc::new(
+                let list: MatchList = Arc::new(
                     self.run_at(&table, snapshot, req.resource_type, &req.filters, &sort)
                         .await?
                         .into_iter()

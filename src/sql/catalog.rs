@@ -66,54 +66,62 @@ impl SchemaProvider for DatastoreSchema {
     }
 }
 
-#[derive(Debug, Default)]
-struct CatalogState {
-    datastores: BTreeMap<String, Arc<DatastoreSchema>>,
-    current: Option<String>,
-}
+/// The registered data stores, shared by every engine opened from the same root engine.
+type DatastoreMap = Arc<RwLock<BTreeMap<String, Arc<DatastoreSchema>>>>;
 
-/// The catalog holding every registered data store.
+/// The catalog holding every registered data store, with this engine's current one.
+///
+/// The data store map is shared between engines made with [`FhirlakeCatalog::view`], so a
+/// server can give each connection its own current data store while registering tables once.
 #[derive(Debug, Default)]
 pub(crate) struct FhirlakeCatalog {
-    state: RwLock<CatalogState>,
+    datastores: DatastoreMap,
+    current: RwLock<Option<String>>,
+}
+
+/// Reads or writes a lock whose holder panicked: every update here is a single insert or
+/// assignment, so the data is consistent even then.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl FhirlakeCatalog {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, CatalogState> {
-        // A panic while holding the lock cannot leave the maps half-updated (every update is a
-        // single insert/assignment), so a poisoned lock is still consistent.
-        self.state.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, CatalogState> {
-        self.state.write().unwrap_or_else(|e| e.into_inner())
+    /// A catalog over the same data stores with `current` as its current one.
+    pub fn view(&self, current: Option<String>) -> Self {
+        Self {
+            datastores: Arc::clone(&self.datastores),
+            current: RwLock::new(current),
+        }
     }
 
     /// Adds or replaces data store `name` (already lower-case). The first data store
     /// registered becomes the current one.
     pub fn insert(&self, name: String, schema: Arc<DatastoreSchema>) {
-        let mut state = self.write();
-        state.datastores.insert(name.clone(), schema);
-        if state.current.is_none() {
-            state.current = Some(name);
+        write(&self.datastores).insert(name.clone(), schema);
+        let mut current = write(&self.current);
+        if current.is_none() {
+            *current = Some(name);
         }
     }
 
     /// Removes data store `name`; when it was current, no data store is current afterwards.
     pub fn remove(&self, name: &str) -> bool {
-        let mut state = self.write();
-        let removed = state.datastores.remove(name).is_some();
-        if state.current.as_deref() == Some(name) {
-            state.current = None;
+        let removed = write(&self.datastores).remove(name).is_some();
+        let mut current = write(&self.current);
+        if current.as_deref() == Some(name) {
+            *current = None;
         }
         removed
     }
 
     /// Makes `name` the current data store; false when it is not registered.
     pub fn set_current(&self, name: &str) -> bool {
-        let mut state = self.write();
-        if state.datastores.contains_key(name) {
-            state.current = Some(name.to_string());
+        if read(&self.datastores).contains_key(name) {
+            *write(&self.current) = Some(name.to_string());
             true
         } else {
             false
@@ -121,22 +129,22 @@ impl FhirlakeCatalog {
     }
 
     pub fn current(&self) -> Option<String> {
-        self.read().current.clone()
+        read(&self.current).clone()
     }
 
     pub fn names(&self) -> Vec<String> {
-        self.read().datastores.keys().cloned().collect()
+        read(&self.datastores).keys().cloned().collect()
     }
 
     /// The data store `name`, where the alias `database` means the current one.
     pub fn get(&self, name: &str) -> Option<Arc<DatastoreSchema>> {
-        let state = self.read();
-        if let Some(schema) = state.datastores.get(name) {
+        let datastores = read(&self.datastores);
+        if let Some(schema) = datastores.get(name) {
             return Some(Arc::clone(schema));
         }
         if name == DATASTORE_ALIAS {
-            let current = state.current.as_ref()?;
-            return state.datastores.get(current).cloned();
+            let current = self.current()?;
+            return datastores.get(&current).cloned();
         }
         None
     }

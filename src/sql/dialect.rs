@@ -143,11 +143,26 @@ pub fn rewrite(statement: &mut DFStatement) {
 }
 
 fn rewrite_sql_statement(statement: &mut Statement) {
+    let mut placeholders = 0;
     let _ = visit_expressions_mut(statement, |expr| {
         rewrite_field_access(expr);
+        number_placeholder(expr, &mut placeholders);
         ControlFlow::<()>::Continue(())
     });
     let _ = statement.visit(&mut OutputNames);
+}
+
+/// Turns JDBC/Trino-style positional parameters (`?`) into DataFusion's numbered ones
+/// (`$1`, `$2`, … in the order they appear), so prepared statements from Flight SQL clients
+/// bind their parameters by position.
+fn number_placeholder(expr: &mut Expr, count: &mut usize) {
+    if let Expr::Value(v) = expr
+        && let Value::Placeholder(p) = &mut v.value
+        && p == "?"
+    {
+        *count += 1;
+        *p = format!("${count}");
+    }
 }
 
 /// Gives every `SELECT` Trino's output names and makes repeated ones unique (see the
@@ -269,6 +284,19 @@ mod tests {
 
     fn rewritten(sql: &str) -> String {
         parse(sql).unwrap().to_string()
+    }
+
+    #[test]
+    fn positional_parameters_are_numbered_in_order() {
+        assert_eq!(
+            rewritten("SELECT id AS i FROM patient WHERE gender = ? AND year(date(birthdate)) > ?"),
+            "SELECT id AS i FROM patient WHERE gender = $1 AND year(date(birthdate)) > $2"
+        );
+        // Numbered parameters are left alone.
+        assert_eq!(
+            rewritten("SELECT id AS i FROM patient WHERE gender = $1"),
+            "SELECT id AS i FROM patient WHERE gender = $1"
+        );
     }
 
     #[test]

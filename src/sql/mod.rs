@@ -20,10 +20,13 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
+use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
@@ -94,6 +97,13 @@ pub enum SqlError {
     /// The resource type has no schema.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+}
+
+/// Resource limits of one query (see [`SqlEngine::execute_plan`]).
+#[derive(Debug, Clone, Default)]
+pub struct QueryLimits {
+    /// Most memory the query's sorts, joins and aggregations may hold; `None` for no limit.
+    pub memory_bytes: Option<usize>,
 }
 
 /// A table as SQL sees it, for listings such as the REPL's `\d`.
@@ -174,9 +184,16 @@ impl SqlEngine {
     /// A session with the `fhirlake` catalog (no data stores yet), Trino functions and
     /// `information_schema` (for `SHOW TABLES` and `DESCRIBE`).
     pub fn new() -> Result<Self, SqlError> {
+        Self::with_catalog(Arc::new(FhirlakeCatalog::default()))
+    }
+
+    fn with_catalog(catalog: Arc<FhirlakeCatalog>) -> Result<Self, SqlError> {
+        let default_schema = catalog
+            .current()
+            .unwrap_or_else(|| DATASTORE_ALIAS.to_string());
         let config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(CATALOG_NAME, DATASTORE_ALIAS)
+            .with_default_catalog_and_schema(CATALOG_NAME, default_schema)
             .with_information_schema(true);
         let mut state = SessionStateBuilder::new()
             .with_config(config)
@@ -184,9 +201,19 @@ impl SqlEngine {
             .build();
         functions::register(&mut state).map_err(SqlError::Plan)?;
         let ctx = SessionContext::new_with_state(state);
-        let catalog = Arc::new(FhirlakeCatalog::default());
         ctx.register_catalog(CATALOG_NAME, Arc::clone(&catalog) as _);
         Ok(Self { ctx, catalog })
+    }
+
+    /// A new engine over the same data stores (registrations made through either engine are
+    /// seen by both) with its own current data store, `datastore`. A server opens one per
+    /// connection or data store so that `USE` on one does not change another.
+    pub fn for_datastore(&self, datastore: &str) -> Result<Self, SqlError> {
+        let name = lowercase::fold_name(datastore);
+        if !self.catalog.names().contains(&name) {
+            return Err(SqlError::UnknownDatastore(name));
+        }
+        Self::with_catalog(Arc::new(self.catalog.view(Some(name))))
     }
 
     /// The underlying DataFusion session (for registering more functions or tables in tests;
@@ -351,6 +378,44 @@ impl SqlEngine {
     pub async fn sql(&self, sql: &str) -> Result<DataFrame, SqlError> {
         let plan = self.plan(sql).await?;
         Ok(DataFrame::new(self.ctx.state(), plan))
+    }
+
+    /// Runs a plan made by [`SqlEngine::plan`], after replacing its `?`/`$n` placeholders
+    /// with `params` (in order), under `limits`.
+    ///
+    /// With a memory limit the query gets its own memory pool and cannot spill to disk, so
+    /// a sort, join or aggregation that needs more fails with DataFusion's "resources
+    /// exhausted" error instead of starving other queries.
+    pub async fn execute_plan(
+        &self,
+        plan: LogicalPlan,
+        params: Vec<ScalarValue>,
+        limits: &QueryLimits,
+    ) -> Result<SendableRecordBatchStream, SqlError> {
+        let plan = if params.is_empty() {
+            plan
+        } else {
+            plan.with_param_values(params).map_err(SqlError::Plan)?
+        };
+        let state = match limits.memory_bytes {
+            None => self.ctx.state(),
+            Some(bytes) => {
+                let runtime = RuntimeEnvBuilder::new()
+                    .with_memory_limit(bytes, 1.0)
+                    .with_disk_manager_builder(
+                        DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled),
+                    )
+                    .build_arc()
+                    .map_err(SqlError::Execution)?;
+                SessionStateBuilder::new_from_existing(self.ctx.state())
+                    .with_runtime_env(runtime)
+                    .build()
+            }
+        };
+        DataFrame::new(state, plan)
+            .execute_stream()
+            .await
+            .map_err(SqlError::Execution)
     }
 
     /// Runs one read-only statement, streaming its batches.

@@ -30,7 +30,7 @@ def sql(query):
     return out.strip().splitlines()[1:]
 
 
-server = subprocess.Popen([binary, "--data-dir", str(work), "serve", "--http", "127.0.0.1:0"],
+server = subprocess.Popen([binary, "--data-dir", str(work), "serve", "--http", "127.0.0.1:0", "--flight-sql", "127.0.0.1:0"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 try:
     line = server.stdout.readline()

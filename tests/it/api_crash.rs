@@ -46,7 +46,13 @@ impl ServerProc {
         let mut child = Command::new(BIN)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["serve", "--http", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--http",
+                "127.0.0.1:0",
+                "--flight-sql",
+                "127.0.0.1:0",
+            ])
             .env("FHIRLAKE_LOG", "warn,sqlx=error")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -3,6 +3,7 @@ mod api;
 mod api_crash;
 mod common;
 mod crash;
+mod flight;
 mod ingest;
 mod lake;
 mod repl;
