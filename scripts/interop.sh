@@ -9,7 +9,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
 "$VENV/bin/pip" install -q --disable-pip-version-check \
-  "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1" "requests==2.32.5"
+  "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1" "requests==2.32.5" \
+  "polars==2.1.0" "polars-iceberg==0.1.0" "pandas==3.1.1" "matplotlib==3.11.2" \
+  "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0"
 
 BIN=target/debug/fhirlake
 DATA=target/interop-data
@@ -24,3 +26,16 @@ rm -rf target/interop-rest
 # The 585-patient set (../shared), if present: SQL counts equal the NDJSON's distinct ids.
 rm -rf target/interop-585p
 "$VENV/bin/python" tests/interop/test_585p.py "$BIN" ../shared/data target/interop-585p
+
+# The notebook access paths (docs/notebooks.md) on the installation built above: every table
+# through pyiceberg, DuckDB and polars, examples/analysis.py and examples/conditions_by_age.ipynb
+# (run by nbclient) against the SQL CLI. DuckDB's iceberg extension is on PyPI only as builds for
+# duckdb 1.5.5, which refuse duckdb 2, so iceberg_scan is checked from a venv of its own.
+ICEBERG_VENV=target/venv-duckdb-iceberg
+if [ ! -x "$ICEBERG_VENV/bin/python" ]; then
+  python3 -m venv "$ICEBERG_VENV"
+fi
+"$ICEBERG_VENV/bin/pip" install -q --disable-pip-version-check \
+  "duckdb==1.5.5" "duckdb-extension-iceberg==1.5.5" "duckdb-extension-avro==1.5.5"
+FHIRLAKE_DUCKDB_ICEBERG_PYTHON="$ICEBERG_VENV/bin/python" \
+  "$VENV/bin/python" tests/interop/test_notebook.py "$DATA" "$BIN"
