@@ -50,6 +50,7 @@ struct Running {
 }
 
 async fn start(config: FlightSqlConfig, extra_datastore: bool) -> Running {
+    let config_has_tls = config.tls.is_some();
     let dir = tempfile::tempdir().unwrap();
     let inst = Installation::open(dir.path()).await.unwrap();
     import_patients(&inst, None).await;
@@ -66,7 +67,8 @@ async fn start(config: FlightSqlConfig, extra_datastore: bool) -> Running {
     .await
     .unwrap();
     let addr = server.local_addr();
-    assert_eq!(server.endpoint(), format!("grpc://{addr}"));
+    let scheme = if config_has_tls { "grpc+tls" } else { "grpc" };
+    assert_eq!(server.endpoint(), format!("{scheme}://{addr}"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(server.run(async {
         let _ = stopped.await;
@@ -482,4 +484,48 @@ async fn a_running_query_can_be_cancelled() {
     assert_eq!(err.code(), tonic::Code::Cancelled, "{err}");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert_eq!(single_i64(&query(&mut c, "SELECT 3").await.unwrap()), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_tls_with_a_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).unwrap();
+    std::fs::write(&key_pem, cert.signing_key.serialize_pem()).unwrap();
+    let server = start(
+        FlightSqlConfig {
+            tls: Some((cert_pem.clone(), key_pem)),
+            ..Default::default()
+        },
+        false,
+    )
+    .await;
+    let port = server.addr.port();
+    let remote = RemoteBackend::connect(RemoteOptions {
+        url: format!("grpc+tls://localhost:{port}"),
+        tls_ca: Some(cert_pem),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let batches: Vec<RecordBatch> = remote
+        .execute("SELECT count(*) FROM patient")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(single_i64(&batches), patient_count_in_sample());
+    // A plaintext client gets an error, not a hang.
+    let plain = tokio::time::timeout(
+        Duration::from_secs(20),
+        RemoteBackend::connect(RemoteOptions {
+            url: format!("grpc://localhost:{port}"),
+            ..Default::default()
+        }),
+    )
+    .await
+    .expect("a plaintext client is answered");
+    assert!(plain.is_err());
 }
