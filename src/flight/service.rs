@@ -216,12 +216,15 @@ impl FhirlakeFlightSql {
         Ok(Box::pin(flight))
     }
 
+    /// Authenticates a metadata request and answers with a ticket that carries the command.
     fn metadata_info<C: ProstMessageExt>(
         &self,
         command: C,
         schema: &Schema,
-        descriptor: FlightDescriptor,
+        request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        self.auth.check(request.metadata())?;
+        let descriptor = request.into_inner();
         let ticket = Ticket::new(command.as_any().encode_to_vec());
         let info = FlightInfo::new()
             .try_with_schema(schema)
@@ -261,7 +264,7 @@ impl FhirlakeFlightSql {
         Ok(response)
     }
 
-    fn cancel_tickets(&self, info: &FlightInfo) -> Result<bool, Status> {
+    fn cancel_tickets(&self, info: &FlightInfo) -> bool {
         let mut any = false;
         for endpoint in &info.endpoint {
             let Some(ticket) = &endpoint.ticket else {
@@ -271,7 +274,7 @@ impl FhirlakeFlightSql {
                 any |= self.state.cancel_query(&ticket.id);
             }
         }
-        Ok(any)
+        any
     }
 }
 
@@ -560,7 +563,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         self.auth.check(request.metadata())?;
         let info = FlightInfo::decode(query.info)
             .map_err(|e| Status::invalid_argument(format!("not a FlightInfo: {e}")))?;
-        if !self.cancel_tickets(&info)? {
+        if !self.cancel_tickets(&info) {
             return Err(Status::not_found(
                 "no such query: it finished or was never issued",
             ));
@@ -587,7 +590,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         let info = req
             .info
             .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without a FlightInfo"))?;
-        let status = if self.cancel_tickets(&info)? {
+        let status = if self.cancel_tickets(&info) {
             arrow_flight::CancelStatus::Cancelled
         } else {
             arrow_flight::CancelStatus::NotCancellable
@@ -606,9 +609,8 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
         let schema = query.into_builder().schema();
-        self.metadata_info(query, &schema, request.into_inner())
+        self.metadata_info(query, &schema, request)
     }
 
     async fn do_get_catalogs(
@@ -629,9 +631,8 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        self.metadata_info(query, &schema, request.into_inner())
+        self.metadata_info(query, &schema, request)
     }
 
     async fn do_get_schemas(
@@ -654,9 +655,8 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
         let schema = query.clone().into_builder().schema();
-        self.metadata_info(query, &schema, request.into_inner())
+        self.metadata_info(query, &schema, request)
     }
 
     async fn do_get_tables(
@@ -689,9 +689,8 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
         let schema = query.into_builder().schema();
-        self.metadata_info(query, &schema, request.into_inner())
+        self.metadata_info(query, &schema, request)
     }
 
     async fn do_get_table_types(
@@ -712,9 +711,8 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        self.metadata_info(query, &schema, request.into_inner())
+        self.metadata_info(query, &schema, request)
     }
 
     async fn do_get_sql_info(
@@ -735,12 +733,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetPrimaryKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
-        self.metadata_info(
-            query,
-            &metadata::primary_keys_schema(),
-            request.into_inner(),
-        )
+        self.metadata_info(query, &metadata::primary_keys_schema(), request)
     }
 
     async fn do_get_primary_keys(
@@ -757,12 +750,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetExportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
-        self.metadata_info(
-            query,
-            &metadata::foreign_keys_schema(),
-            request.into_inner(),
-        )
+        self.metadata_info(query, &metadata::foreign_keys_schema(), request)
     }
 
     async fn do_get_exported_keys(
@@ -779,12 +767,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetImportedKeys,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
-        self.metadata_info(
-            query,
-            &metadata::foreign_keys_schema(),
-            request.into_inner(),
-        )
+        self.metadata_info(query, &metadata::foreign_keys_schema(), request)
     }
 
     async fn do_get_imported_keys(

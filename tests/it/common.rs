@@ -28,3 +28,30 @@ pub fn gz_lines(path: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// Imports `path` into `ds` and commits it to the lake, as `fhirlake import` does.
+pub async fn import_and_sync(
+    inst: &fhirlake::installation::Installation,
+    ds: &fhirlake::store::Datastore,
+    path: &Path,
+) -> fhirlake::ingest::ImportReport {
+    let report_dir = tempfile::tempdir().unwrap().keep();
+    let report = fhirlake::ingest::import(
+        &inst.store,
+        ds,
+        path,
+        &fhirlake::ingest::ImportOptions::new(report_dir),
+        std::sync::Arc::new(fhirlake::ingest::ImportProgress::default()),
+    )
+    .await
+    .unwrap();
+    fhirlake::lake::sync::sync_datastore(
+        &inst.store,
+        &inst.lake,
+        ds,
+        fhirlake::lake::sync::BatchLimits::default(),
+    )
+    .await
+    .unwrap();
+    report
+}

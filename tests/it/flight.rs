@@ -16,9 +16,7 @@ use arrow_flight::{Action, CancelFlightInfoRequest, FlightInfo};
 use fhirlake::cli::QueryBackend;
 use fhirlake::cli::remote::{RemoteBackend, RemoteOptions};
 use fhirlake::flight::{AuthConfig, DATASTORE_HEADER, FlightSqlConfig, FlightSqlServer};
-use fhirlake::ingest::{self, ImportOptions, ImportProgress};
 use fhirlake::installation::Installation;
-use fhirlake::lake::sync::{BatchLimits, sync_datastore};
 use futures::TryStreamExt;
 use prost::Message;
 use tonic::transport::Channel;
@@ -27,19 +25,7 @@ use tonic::transport::Channel;
 async fn import_patients(inst: &Installation, datastore: Option<&str>) {
     let ds = inst.datastore_or_create(datastore).await.unwrap();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthea-r4-100p/Patient.ndjson.gz");
-    let report_dir = tempfile::tempdir().unwrap().keep();
-    ingest::import(
-        &inst.store,
-        &ds,
-        &path,
-        &ImportOptions::new(report_dir),
-        Arc::new(ImportProgress::default()),
-    )
-    .await
-    .unwrap();
-    sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default())
-        .await
-        .unwrap();
+    crate::common::import_and_sync(inst, &ds, &path).await;
 }
 
 /// A running endpoint; stops when dropped.

@@ -41,20 +41,7 @@ async fn scan_ids(inst: &Installation, ds: &str, ty: &str) -> Vec<(String, i64)>
 
 async fn import_file(inst: &Installation, path: &std::path::Path) -> ingest::ImportReport {
     let ds = inst.datastore(None).await.unwrap();
-    let dir = tempfile::tempdir().unwrap().keep();
-    let report = ingest::import(
-        &inst.store,
-        &ds,
-        path,
-        &ImportOptions::new(dir),
-        Arc::new(ImportProgress::default()),
-    )
-    .await
-    .unwrap();
-    sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default())
-        .await
-        .unwrap();
-    report
+    crate::common::import_and_sync(inst, &ds, path).await
 }
 
 #[tokio::test]
