@@ -11,7 +11,8 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check \
   "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1" "requests==2.32.5" \
   "polars==2.1.0" "polars-iceberg==0.1.0" "pandas==3.1.1" "matplotlib==3.11.2" \
-  "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0"
+  "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0" \
+  "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0"
 
 BIN=target/debug/fhirlake
 DATA=target/interop-data
@@ -39,3 +40,9 @@ fi
   "duckdb==1.5.5" "duckdb-extension-iceberg==1.5.5" "duckdb-extension-avro==1.5.5"
 FHIRLAKE_DUCKDB_ICEBERG_PYTHON="$ICEBERG_VENV/bin/python" \
   "$VENV/bin/python" tests/interop/test_notebook.py "$DATA" "$BIN"
+
+# The Flight SQL endpoint driven by ADBC's Flight SQL driver (pandas via ADBC too): the seed's SQL
+# examples against the CLI, prepared statements, metadata, USE, a 10M-row result, cancellation,
+# auth, memory and time limits (tests/interop/test_flight.py).
+rm -rf target/interop-flight
+"$VENV/bin/python" tests/interop/test_flight.py "$BIN" target/interop-flight

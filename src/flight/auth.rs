@@ -94,13 +94,18 @@ impl Authenticator {
         let Some((user, password)) = &self.config.basic else {
             return Ok(false);
         };
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(encoded.trim())
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| {
-                Status::unauthenticated("basic credentials are not base64 of 'user:password'")
-            })?;
+        // Padding is optional in practice: arrow-go's client (ADBC) sends it unpadded.
+        let decoded = base64::engine::general_purpose::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::general_purpose::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        )
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| {
+            Status::unauthenticated("basic credentials are not base64 of 'user:password'")
+        })?;
         let (u, p) = decoded.split_once(':').ok_or_else(|| {
             Status::unauthenticated("basic credentials are not base64 of 'user:password'")
         })?;
@@ -231,5 +236,19 @@ mod tests {
         }
         assert!(auth.check(&with_header("Bearer made-up")).is_err());
         assert!(auth.check(&with_header("Basic !!!")).is_err());
+    }
+
+    #[test]
+    fn basic_credentials_may_omit_base64_padding() {
+        let auth = Authenticator::new(AuthConfig {
+            token: None,
+            basic: Some(("analyst".into(), "pw".into())),
+        });
+        // "analyst:pw" is 10 bytes, so its padded base64 ends in "==".
+        let padded = basic("analyst", "pw");
+        assert!(padded.ends_with("=="));
+        let unpadded = padded.trim_end_matches('=');
+        assert!(auth.check(&with_header(unpadded)).is_ok());
+        assert!(auth.handshake(&with_header(unpadded)).unwrap().is_some());
     }
 }

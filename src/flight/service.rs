@@ -25,8 +25,9 @@ use arrow_flight::sql::{
     ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
     CommandGetCatalogs, CommandGetDbSchemas, CommandGetExportedKeys, CommandGetImportedKeys,
     CommandGetPrimaryKeys, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandStatementQuery, DoPutPreparedStatementResult,
-    ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo,
+    TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightData, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest,
@@ -264,6 +265,35 @@ impl FhirlakeFlightSql {
         Ok(response)
     }
 
+    /// Runs a statement sent as an update (ExecuteUpdate). The lake is read-only, so only
+    /// `USE` in an existing session succeeds; writes get the read-only error, and queries
+    /// are told to use the query call, which returns their rows.
+    async fn update(
+        &self,
+        sql: &str,
+        datastore: &str,
+        metadata: &MetadataMap,
+    ) -> Result<i64, Status> {
+        if let Some(name) = use_statement(sql) {
+            let (name, _) = self.engine(&name)?;
+            let session = session_id(metadata).ok_or_else(|| {
+                Status::failed_precondition(
+                    "USE needs a session: send it as a query (ExecuteQuery), whose reply \
+                     sets the session cookie, or choose the data store per call with the \
+                     x-fhirlake-datastore header",
+                )
+            })?;
+            self.state.set_session_datastore(&session, name);
+            return Ok(0);
+        }
+        let (_, engine) = self.engine(datastore)?;
+        engine.plan(sql).await.map_err(sql_status)?;
+        Err(Status::invalid_argument(
+            "this statement is a query: run it with ExecuteQuery to get its rows (fhirlake \
+             SQL is read-only; write through the FHIR API or an import)",
+        ))
+    }
+
     fn cancel_tickets(&self, info: &FlightInfo) -> bool {
         let mut any = false;
         for endpoint in &info.endpoint {
@@ -465,6 +495,10 @@ impl FlightSqlService for FhirlakeFlightSql {
             .state
             .prepared(&handle)
             .ok_or_else(|| unknown_prepared(&handle))?;
+        if let Some(name) = use_statement(&prepared.sql) {
+            let (metadata, _, descriptor) = request.into_parts();
+            return self.use_datastore(&name, &metadata, descriptor);
+        }
         let info = self
             .statement_info(
                 &prepared.sql,
@@ -493,6 +527,16 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let datastore = self.call_datastore(request.metadata())?;
+        if let Some(name) = use_statement(&query.query) {
+            // ADBC prepares every statement; `USE` takes effect when it is executed.
+            let (name, _) = self.engine(&name)?;
+            let handle = self.state.prepare(query.query, name);
+            return Ok(ActionCreatePreparedStatementResult {
+                prepared_statement_handle: handle.into_bytes().into(),
+                dataset_schema: schema_bytes(&Schema::empty())?,
+                parameter_schema: schema_bytes(&Schema::empty())?,
+            });
+        }
         let (datastore, engine) = self.engine(&datastore)?;
         let plan = engine.plan(&query.query).await.map_err(sql_status)?;
         let dataset_schema = plan.schema().as_arrow().clone();
@@ -541,6 +585,31 @@ impl FlightSqlService for FhirlakeFlightSql {
         Ok(DoPutPreparedStatementResult {
             prepared_statement_handle: Some(handle.into_bytes().into()),
         })
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let datastore = self.call_datastore(request.metadata())?;
+        self.update(&command.query, &datastore, request.metadata())
+            .await
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        command: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.auth.check(request.metadata())?;
+        let handle = String::from_utf8_lossy(&command.prepared_statement_handle).to_string();
+        let prepared = self
+            .state
+            .prepared(&handle)
+            .ok_or_else(|| unknown_prepared(&handle))?;
+        self.update(&prepared.sql, &prepared.datastore, request.metadata())
+            .await
     }
 
     async fn do_action_close_prepared_statement(

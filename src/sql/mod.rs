@@ -11,6 +11,7 @@
 //! (`FROM database.patient`) run verbatim; unqualified table names resolve there too.
 
 mod catalog;
+mod cooperative;
 pub mod dialect;
 pub mod functions;
 pub mod lowercase;
@@ -29,7 +30,9 @@ use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
+use futures::StreamExt;
 
 use crate::schema::{Registry, SchemaError};
 
@@ -198,6 +201,7 @@ impl SqlEngine {
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(cooperative::YieldAfterJoins))
             .build();
         functions::register(&mut state).map_err(SqlError::Plan)?;
         let ctx = SessionContext::new_with_state(state);
@@ -412,10 +416,12 @@ impl SqlEngine {
                     .build()
             }
         };
-        DataFrame::new(state, plan)
+        let announced = Arc::new(plan.schema().as_arrow().clone());
+        let stream = DataFrame::new(state, plan)
             .execute_stream()
             .await
-            .map_err(SqlError::Execution)
+            .map_err(SqlError::Execution)?;
+        Ok(conform(stream, announced))
     }
 
     /// Runs one read-only statement, streaming its batches.
@@ -429,6 +435,43 @@ impl SqlEngine {
         let df = self.sql(sql).await?;
         df.collect().await.map_err(SqlError::Execution)
     }
+}
+
+/// `stream` with the schema its logical plan announced.
+///
+/// Physical operators may choose other encodings of the same values (DataFusion reads
+/// strings from Parquet as `Utf8View` while the plan says `Utf8`). Clients that were told
+/// the schema up front (Flight SQL's `FlightInfo`, a prepared statement's dataset schema)
+/// reject batches that differ from it, so the values are cast back.
+fn conform(stream: SendableRecordBatchStream, announced: SchemaRef) -> SendableRecordBatchStream {
+    let physical = stream.schema();
+    let same_types = physical.fields().len() == announced.fields().len()
+        && physical
+            .fields()
+            .iter()
+            .zip(announced.fields())
+            .all(|(p, a)| p.data_type() == a.data_type());
+    if same_types && physical.fields() == announced.fields() {
+        return stream;
+    }
+    let schema = Arc::clone(&announced);
+    let batches = stream.map(move |batch| {
+        let batch = batch?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(announced.fields())
+            .map(|(column, field)| {
+                if column.data_type() == field.data_type() {
+                    Ok(Arc::clone(column))
+                } else {
+                    arrow::compute::cast(column, field.data_type())
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(Arc::clone(&announced), columns)?)
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, batches))
 }
 
 #[cfg(test)]

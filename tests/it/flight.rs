@@ -249,6 +249,32 @@ async fn statements_prepared_statements_and_metadata() {
     let err = status(query(&mut c, "SELECT nope FROM patient").await.unwrap_err());
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("nope"), "{err}");
+    // ExecuteUpdate: writes are refused as read-only, queries pointed to ExecuteQuery.
+    let err = status(
+        c.execute_update("DELETE FROM patient".into(), None)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("read-only"), "{err}");
+    let err = status(c.execute_update("SELECT 1".into(), None).await.unwrap_err());
+    assert!(err.message().contains("ExecuteQuery"), "{err}");
+
+    // The schema announced in the FlightInfo is the schema of the batches that follow, also
+    // where DataFusion reads strings from Parquet as views.
+    let info = c
+        .execute(
+            "SELECT id, gender, name[1].family AS family, lower(gender) AS g FROM patient".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let announced = info.clone().try_decode_schema().unwrap();
+    let batches = fetch(&mut c, info).await.unwrap();
+    assert!(!batches.is_empty());
+    for b in &batches {
+        assert_eq!(b.schema().fields(), announced.fields());
+    }
     assert_eq!(
         single_i64(&query(&mut c, "SELECT count(*) FROM patient").await.unwrap()),
         expected
