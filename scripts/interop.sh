@@ -12,7 +12,7 @@ fi
   "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1" "requests==2.32.5" \
   "polars==2.1.0" "polars-iceberg==0.1.0" "pandas==3.1.1" "matplotlib==3.11.2" \
   "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0" \
-  "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0"
+  "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0" "boto3==1.44.8"
 
 BIN=target/debug/fhirlake
 DATA=target/interop-data
@@ -46,3 +46,8 @@ FHIRLAKE_DUCKDB_ICEBERG_PYTHON="$ICEBERG_VENV/bin/python" \
 # auth, memory and time limits (tests/interop/test_flight.py).
 rm -rf target/interop-flight
 "$VENV/bin/python" tests/interop/test_flight.py "$BIN" target/interop-flight
+
+# The HealthLake control plane driven by boto3's healthlake client (endpoint override): data
+# stores, tags, import jobs, quotas, SigV4 (tests/interop/test_control.py).
+rm -rf target/interop-control
+"$VENV/bin/python" tests/interop/test_control.py "$BIN" target/interop-control

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod control;
 pub mod flight;
 pub mod ingest;
 pub mod installation;

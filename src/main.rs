@@ -103,6 +103,18 @@ enum Command {
         max_body_bytes: usize,
         #[command(flatten)]
         flight: FlightArgs,
+        #[command(flatten)]
+        control: ControlArgs,
+    },
+    /// Data stores, as HealthLake's control plane: create, describe, list, delete, tags.
+    Datastore {
+        #[command(subcommand)]
+        command: fhirlake::control::cli::DatastoreCommand,
+        /// Print the operation's JSON response body instead of a table.
+        #[arg(long, value_enum, default_value_t = fhirlake::control::cli::Output::Table, global = true)]
+        output: fhirlake::control::cli::Output,
+        #[command(flatten)]
+        control: ControlArgs,
     },
     /// The demo: load the shipped Synthea sample (once) and open the SQL REPL.
     Demo {
@@ -165,6 +177,54 @@ struct FlightArgs {
     /// Longest (seconds) one Flight SQL query may run, including fetching; 0 for no limit.
     #[arg(long, default_value_t = 600)]
     query_timeout_secs: u64,
+}
+
+/// Options of the control plane (data stores and jobs, HealthLake's AWS JSON API on `POST /`).
+#[derive(clap::Args)]
+struct ControlArgs {
+    /// A local directory import and export jobs may use (file:// URIs); repeatable. Jobs are
+    /// refused any other location.
+    #[arg(long = "allowed-root", value_name = "DIR", global = true)]
+    allowed_roots: Vec<PathBuf>,
+    /// The Synthea sample loaded into data stores created with PreloadDataType SYNTHEA.
+    #[arg(long, default_value = "data", global = true)]
+    preload_dir: PathBuf,
+    /// Most data stores CREATING or ACTIVE at once.
+    #[arg(long, default_value_t = 10, global = true)]
+    max_datastores: usize,
+    /// Seconds between two CreateFHIRDatastore (or DeleteFHIRDatastore) calls; 0 for none.
+    #[arg(long, default_value_t = 60)]
+    datastore_op_interval_secs: u64,
+    /// Region shown in ARNs.
+    #[arg(long, default_value = "us-east-1", global = true)]
+    region: String,
+    /// Access key id control-plane requests must be signed with (AWS SigV4). Without it,
+    /// signatures are not checked, which is allowed only when serving on loopback.
+    #[arg(long, requires = "aws_secret_access_key")]
+    aws_access_key_id: Option<String>,
+    /// The secret of --aws-access-key-id.
+    #[arg(long, env = "FHIRLAKE_AWS_SECRET_ACCESS_KEY", hide_env_values = true)]
+    aws_secret_access_key: Option<String>,
+}
+
+impl ControlArgs {
+    fn config(&self, http: std::net::SocketAddr) -> fhirlake::control::ControlConfig {
+        fhirlake::control::ControlConfig {
+            region: self.region.clone(),
+            access_key: self
+                .aws_access_key_id
+                .clone()
+                .zip(self.aws_secret_access_key.clone())
+                .map(|(id, secret)| fhirlake::control::sigv4::AccessKey { id, secret }),
+            open: http.ip().is_loopback(),
+            allowed_roots: self.allowed_roots.clone(),
+            preload_dir: self.preload_dir.clone(),
+            max_datastores: self.max_datastores,
+            create_delete_interval: (self.datastore_op_interval_secs > 0)
+                .then(|| Duration::from_secs(self.datastore_op_interval_secs)),
+            ..Default::default()
+        }
+    }
 }
 
 impl FlightArgs {
@@ -308,6 +368,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             http,
             max_body_bytes,
             flight,
+            control,
         } => {
             let inst = Installation::open(&cli.data_dir).await?;
             // Make sure the default data store exists, so a fresh installation serves it.
@@ -316,7 +377,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 body_limit: max_body_bytes,
                 ..Default::default()
             };
-            serve(inst, http, config, flight.config()).await?;
+            serve(inst, http, config, flight.config(), control.config(http)).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Datastore {
+            command,
+            output,
+            control,
+        } => {
+            let inst = Installation::open(&cli.data_dir).await?;
+            // Endpoints point at where `fhirlake serve` listens by default.
+            let http: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
+            let api = fhirlake::api::ApiState::detached(
+                inst.clone(),
+                Default::default(),
+                http.to_string(),
+            )
+            .await?;
+            let plane = fhirlake::control::ControlPlane::new(
+                inst,
+                api.clone(),
+                control.config(http),
+                Vec::new(),
+            );
+            let result = fhirlake::control::cli::run(
+                &plane,
+                &command,
+                output,
+                &http.to_string(),
+                &mut std::io::stdout(),
+            )
+            .await;
+            api.flush().await?;
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sample } => {
@@ -392,12 +485,24 @@ async fn serve(
     http: std::net::SocketAddr,
     config: fhirlake::api::ApiConfig,
     flight: Option<fhirlake::flight::FlightSqlConfig>,
+    control: fhirlake::control::ControlConfig,
 ) -> anyhow::Result<()> {
-    let api = fhirlake::api::Server::bind(inst.clone(), http, config).await?;
+    let mut api = fhirlake::api::Server::bind(inst.clone(), http, config).await?;
     let flight = match flight {
         Some(config) => Some(fhirlake::flight::FlightSqlServer::bind(&inst, config).await?),
         None => None,
     };
+    let listeners: Vec<Arc<dyn fhirlake::control::DatastoreListener>> = flight
+        .iter()
+        .map(|f| f.datastores() as Arc<dyn fhirlake::control::DatastoreListener>)
+        .collect();
+    let control =
+        fhirlake::control::ControlPlane::new(inst.clone(), api.state().clone(), control, listeners);
+    let interrupted = control.fail_interrupted_jobs().await?;
+    if interrupted > 0 {
+        tracing::warn!("{interrupted} job(s) interrupted by the last shutdown were marked FAILED");
+    }
+    api.add_routes(fhirlake::control::wire::router(control));
     for (ds, url) in api.base_urls() {
         println!("FHIR R4 base URL of data store '{}': {url}", ds.name);
     }

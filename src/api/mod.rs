@@ -77,18 +77,23 @@ pub struct ApiState {
     inner: Arc<StateInner>,
 }
 
+/// A served data store with its lake sync handle and searcher.
+struct Served {
+    ds: Arc<Datastore>,
+    sync: SyncHandle,
+    searcher: Arc<Searcher>,
+}
+
 struct StateInner {
     installation: Installation,
-    /// Served data stores by id, fixed at start (a data store created later needs a restart).
-    datastores: HashMap<String, Arc<Datastore>>,
+    /// Served data stores by id; the control plane adds and removes them while serving.
+    served: std::sync::RwLock<HashMap<String, Arc<Served>>>,
     config: ApiConfig,
     /// `host:port` for absolute URLs when a request has no Host header.
     default_host: String,
-    /// Per data store: its lake sync (taken by [`Server::run`] to shut it down), a handle
-    /// to flush it, and its searcher.
+    /// The background lake sync of each served data store, shut down (flushed) by
+    /// [`Server::run`] or when the data store stops being served.
     syncs: std::sync::Mutex<Vec<(Arc<Datastore>, BackgroundSync)>>,
-    sync_handles: HashMap<String, SyncHandle>,
-    searchers: HashMap<String, Searcher>,
 }
 
 impl ApiState {
@@ -98,58 +103,126 @@ impl ApiState {
         config: ApiConfig,
         default_host: String,
     ) -> Result<Self, ServeError> {
-        installation.datastore(None).await?;
-        let datastores: HashMap<String, Arc<Datastore>> = installation
-            .store
-            .list_datastores()
-            .await?
-            .into_iter()
-            .map(|ds| (ds.id.clone(), Arc::new(ds)))
-            .collect();
-        let mut syncs = Vec::new();
-        let mut sync_handles = HashMap::new();
-        let mut searchers = HashMap::new();
-        for ds in datastores.values() {
-            let sync = BackgroundSync::spawn(
-                installation.store.clone(),
-                installation.lake.clone(),
-                (**ds).clone(),
-                config.sync_interval,
-                BatchLimits::default(),
-            );
-            sync_handles.insert(ds.id.clone(), sync.handle());
-            searchers.insert(
-                ds.id.clone(),
-                Searcher::new(
-                    installation.store.clone(),
-                    installation.lake.clone(),
-                    &ds.id,
-                    &ds.name,
-                ),
-            );
-            syncs.push((ds.clone(), sync));
+        let state = Self::detached(installation, config, default_host).await?;
+        for ds in state.inner.installation.store.list_datastores().await? {
+            if ds.status.is_served() {
+                state.serve_datastore(ds);
+            }
         }
+        Ok(state)
+    }
+
+    /// A state serving no data store yet: for in-process control-plane commands, which
+    /// serve only the data stores they create (so their lake sync runs) and must not start
+    /// syncs for the others, which a running server may be syncing.
+    pub async fn detached(
+        installation: Installation,
+        config: ApiConfig,
+        default_host: String,
+    ) -> Result<Self, ServeError> {
+        installation.datastore(None).await?;
         Ok(Self {
             inner: Arc::new(StateInner {
                 installation,
-                datastores,
+                served: Default::default(),
                 config,
                 default_host,
-                syncs: std::sync::Mutex::new(syncs),
-                sync_handles,
-                searchers,
+                syncs: Default::default(),
             }),
         })
     }
 
+    /// Stops every lake sync after a final commit of pending changes; the first failure is
+    /// returned after all were tried.
+    pub async fn flush(&self) -> Result<(), ServeError> {
+        // Taken only now: data stores created while serving have syncs too.
+        let syncs: Vec<(Arc<Datastore>, BackgroundSync)> =
+            std::mem::take(&mut *self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut first_error = None;
+        for (ds, sync) in syncs {
+            if let Err(source) = sync.shutdown().await {
+                tracing::error!(datastore = %ds.name, "final lake sync failed: {source}");
+                first_error.get_or_insert(ServeError::FinalSync {
+                    datastore: ds.name.clone(),
+                    source,
+                });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Starts serving `ds` (its FHIR endpoint, lake sync and search); replaces an earlier
+    /// registration of the same id.
+    pub fn serve_datastore(&self, ds: Datastore) {
+        let inst = &self.inner.installation;
+        let ds = Arc::new(ds);
+        let sync = BackgroundSync::spawn(
+            inst.store.clone(),
+            inst.lake.clone(),
+            (*ds).clone(),
+            self.inner.config.sync_interval,
+            BatchLimits::default(),
+        );
+        let served = Arc::new(Served {
+            ds: ds.clone(),
+            sync: sync.handle(),
+            searcher: Arc::new(Searcher::new(
+                inst.store.clone(),
+                inst.lake.clone(),
+                &ds.id,
+                &ds.name,
+            )),
+        });
+        self.inner
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ds.id.clone(), served);
+        self.inner
+            .syncs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((ds, sync));
+    }
+
+    /// Stops serving data store `id`: its endpoint answers 404 from now on, and its pending
+    /// changes are flushed to the lake.
+    pub async fn stop_serving(&self, id: &str) -> Result<(), LakeError> {
+        self.inner
+            .served
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let sync = {
+            let mut syncs = self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner());
+            syncs
+                .iter()
+                .position(|(ds, _)| ds.id == id)
+                .map(|i| syncs.remove(i).1)
+        };
+        match sync {
+            Some(sync) => sync.shutdown().await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    fn served(&self, id: &str) -> Option<Arc<Served>> {
+        self.inner
+            .served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
+    }
+
     /// The lake sync of data store `id`.
-    pub fn sync_handle(&self, id: &str) -> Option<&SyncHandle> {
-        self.inner.sync_handles.get(id)
+    pub fn sync_handle(&self, id: &str) -> Option<SyncHandle> {
+        self.served(id).map(|s| s.sync.clone())
     }
 
     /// The searcher of data store `id`.
-    pub fn searcher(&self, id: &str) -> Option<&Searcher> {
-        self.inner.searchers.get(id)
+    pub fn searcher(&self, id: &str) -> Option<Arc<Searcher>> {
+        self.served(id).map(|s| s.searcher.clone())
     }
 
     pub fn installation(&self) -> &Installation {
@@ -161,13 +234,20 @@ impl ApiState {
     }
 
     /// The served data store with this id.
-    pub fn datastore(&self, id: &str) -> Option<&Arc<Datastore>> {
-        self.inner.datastores.get(id)
+    pub fn datastore(&self, id: &str) -> Option<Arc<Datastore>> {
+        self.served(id).map(|s| s.ds.clone())
     }
 
     /// Served data stores, oldest first.
     pub fn datastores(&self) -> Vec<Arc<Datastore>> {
-        let mut all: Vec<_> = self.inner.datastores.values().cloned().collect();
+        let mut all: Vec<_> = self
+            .inner
+            .served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|s| s.ds.clone())
+            .collect();
         all.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
         all
     }
@@ -187,6 +267,8 @@ pub struct Server {
     listener: tokio::net::TcpListener,
     state: ApiState,
     local_addr: SocketAddr,
+    /// More routes served next to the FHIR API (the control plane).
+    extra: Vec<Router>,
 }
 
 impl Server {
@@ -205,6 +287,7 @@ impl Server {
             listener,
             state,
             local_addr,
+            extra: Vec::new(),
         })
     }
 
@@ -214,6 +297,11 @@ impl Server {
 
     pub fn state(&self) -> &ApiState {
         &self.state
+    }
+
+    /// Serves `routes` next to the FHIR API (paths must not overlap).
+    pub fn add_routes(&mut self, routes: Router) {
+        self.extra.push(routes);
     }
 
     /// Each served data store with its full FHIR base URL (`http://…/datastore/<id>/r4/`).
@@ -234,25 +322,18 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let syncs: Vec<(Arc<Datastore>, BackgroundSync)> =
-            std::mem::take(&mut *self.state.inner.syncs.lock().expect("sync list lock"));
-        let app = router(self.state);
+        let state = self.state.clone();
+        let app = self
+            .extra
+            .into_iter()
+            .fold(router(self.state), |app, extra| app.merge(extra));
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         tracing::info!("HTTP server stopped; flushing the lake");
-        let mut first_error = None;
-        for (ds, sync) in syncs {
-            if let Err(source) = sync.shutdown().await {
-                tracing::error!(datastore = %ds.name, "final lake sync failed: {source}");
-                first_error.get_or_insert(ServeError::FinalSync {
-                    datastore: ds.name.clone(),
-                    source,
-                });
-            }
-        }
+        let flushed = state.flush().await;
         served?;
-        first_error.map_or(Ok(()), Err)
+        flushed
     }
 }
 

@@ -34,7 +34,7 @@ impl From<ExecError> for ApiError {
     }
 }
 
-fn searcher(ctx: &Ctx) -> Result<&Searcher, ApiError> {
+fn searcher(ctx: &Ctx) -> Result<std::sync::Arc<Searcher>, ApiError> {
     ctx.state
         .searcher(&ctx.ds.id)
         .ok_or_else(|| ApiError::internal("no searcher for this data store"))

@@ -16,10 +16,10 @@ mod metadata;
 pub mod service;
 mod state;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -27,10 +27,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::{AuthConfig, Authenticator};
-pub use service::{DATASTORE_HEADER, FhirlakeFlightSql, SESSION_COOKIE, ServiceConfig};
+pub use service::{
+    DATASTORE_HEADER, FhirlakeFlightSql, FlightDatastores, SESSION_COOKIE, ServiceConfig,
+};
 
 use crate::installation::Installation;
-use crate::lake::provider::LakeTable;
 use crate::sql::{QueryLimits, SqlEngine, SqlError};
 use crate::store::StoreError;
 
@@ -91,6 +92,7 @@ pub struct FlightSqlServer {
     local_addr: SocketAddr,
     tls: Option<ServerTlsConfig>,
     service: FhirlakeFlightSql,
+    datastores: Arc<FlightDatastores>,
 }
 
 impl FlightSqlServer {
@@ -114,12 +116,14 @@ impl FlightSqlServer {
                 Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
             }
         };
-        let root = SqlEngine::new()?;
-        let mut ids = HashMap::new();
-        let datastores = installation.store.list_datastores().await?;
-        for ds in &datastores {
-            root.register_datastore(&ds.name, LakeTable::all_types(&installation.lake, &ds.name))?;
-            ids.insert(ds.id.clone(), ds.name.to_lowercase());
+        let datastores = Arc::new(FlightDatastores::new(
+            SqlEngine::new()?,
+            installation.lake.clone(),
+        ));
+        for ds in installation.store.list_datastores().await? {
+            if ds.status.is_served() {
+                datastores.register(&ds)?;
+            }
         }
         let default = installation
             .datastore(None)
@@ -127,9 +131,8 @@ impl FlightSqlServer {
             .map(|d| d.name.to_lowercase())
             .unwrap_or_default();
         let service = FhirlakeFlightSql::new(
-            root,
+            datastores.clone(),
             default,
-            ids,
             Authenticator::new(config.auth.clone()),
             ServiceConfig {
                 limits: QueryLimits {
@@ -149,11 +152,17 @@ impl FlightSqlServer {
             local_addr,
             tls,
             service,
+            datastores,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The served data stores, for the control plane to add to and remove from.
+    pub fn datastores(&self) -> Arc<FlightDatastores> {
+        self.datastores.clone()
     }
 
     /// The URI clients connect to (`grpc://127.0.0.1:50051`).

@@ -68,15 +68,72 @@ pub struct ServiceConfig {
     pub timeout: Option<Duration>,
 }
 
-/// The Flight SQL service.
-pub struct FhirlakeFlightSql {
+/// The data stores the endpoint serves. Shared with the control plane, which registers data
+/// stores created (and removes ones deleted) while the server runs.
+pub struct FlightDatastores {
     /// Holds every data store; per-data-store engines share its registrations.
     root: SqlEngine,
+    lake: crate::lake::Lake,
+    /// Data store id -> SQL name, so the header may name a store by either.
+    ids: std::sync::RwLock<HashMap<String, String>>,
+    engines: Mutex<HashMap<String, Arc<SqlEngine>>>,
+}
+
+impl FlightDatastores {
+    pub fn new(root: SqlEngine, lake: crate::lake::Lake) -> Self {
+        Self {
+            root,
+            lake,
+            ids: Default::default(),
+            engines: Mutex::default(),
+        }
+    }
+
+    /// Makes `ds` queryable (all resource types, as the REPL shows them).
+    pub fn register(&self, ds: &crate::store::Datastore) -> Result<(), SqlError> {
+        self.root.register_datastore(
+            &ds.name,
+            crate::lake::provider::LakeTable::all_types(&self.lake, &ds.name),
+        )?;
+        self.ids
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ds.id.clone(), ds.name.to_lowercase());
+        Ok(())
+    }
+
+    /// Stops serving `ds`; queries naming it fail with NOT_FOUND from now on.
+    pub fn deregister(&self, ds: &crate::store::Datastore) {
+        let name = ds.name.to_lowercase();
+        self.root.deregister_datastore(&name);
+        self.ids
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ds.id);
+        self.engines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&name);
+    }
+}
+
+impl crate::control::DatastoreListener for FlightDatastores {
+    fn activated(&self, ds: &crate::store::Datastore) {
+        if let Err(e) = self.register(ds) {
+            tracing::error!(datastore = %ds.name, "Flight SQL cannot serve the data store: {e}");
+        }
+    }
+
+    fn removed(&self, ds: &crate::store::Datastore) {
+        self.deregister(ds);
+    }
+}
+
+/// The Flight SQL service.
+pub struct FhirlakeFlightSql {
+    datastores: Arc<FlightDatastores>,
     /// The data store unqualified names mean when a call does not choose one.
     default_datastore: String,
-    /// Data store id -> SQL name, so the header may name a store by either.
-    ids: HashMap<String, String>,
-    engines: Mutex<HashMap<String, Arc<SqlEngine>>>,
     auth: Authenticator,
     state: Arc<ServerState>,
     config: ServiceConfig,
@@ -84,20 +141,16 @@ pub struct FhirlakeFlightSql {
 }
 
 impl FhirlakeFlightSql {
-    /// `root` must have every data store registered; `ids` maps data store ids to names.
     pub fn new(
-        root: SqlEngine,
+        datastores: Arc<FlightDatastores>,
         default_datastore: String,
-        ids: HashMap<String, String>,
         auth: Authenticator,
         config: ServiceConfig,
     ) -> Self {
         let sql_info = metadata::sql_info(config.timeout.map(|t| t.as_secs()));
         Self {
-            root,
+            datastores,
             default_datastore,
-            ids,
-            engines: Mutex::default(),
             auth,
             state: Arc::default(),
             config,
@@ -107,19 +160,22 @@ impl FhirlakeFlightSql {
 
     /// The engine whose current data store is `datastore` (a name or id).
     fn engine(&self, datastore: &str) -> Result<(String, Arc<SqlEngine>), Status> {
-        let name = self
+        let d = &self.datastores;
+        let name = d
             .ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .get(datastore)
             .cloned()
             .unwrap_or_else(|| datastore.to_lowercase());
-        let mut engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
+        let mut engines = d.engines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(engine) = engines.get(&name) {
             return Ok((name, Arc::clone(engine)));
         }
-        let engine = Arc::new(self.root.for_datastore(&name).map_err(|e| {
+        let engine = Arc::new(d.root.for_datastore(&name).map_err(|e| {
             Status::not_found(format!(
                 "{e}; the data stores are: {}",
-                self.root.datastores().join(", ")
+                d.root.datastores().join(", ")
             ))
         })?);
         engines.insert(name.clone(), Arc::clone(&engine));
@@ -711,7 +767,7 @@ impl FlightSqlService for FhirlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.auth.check(request.metadata())?;
         let mut builder = query.into_builder();
-        for datastore in self.root.datastores() {
+        for datastore in self.datastores.root.datastores() {
             builder.append(CATALOG_NAME, datastore);
         }
         Ok(Response::new(batch_stream(
@@ -735,8 +791,13 @@ impl FlightSqlService for FhirlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.auth.check(request.metadata())?;
         let mut builder = query.into_builder();
-        for datastore in self.root.datastores() {
-            for table in self.root.tables(Some(&datastore)).map_err(sql_status)? {
+        for datastore in self.datastores.root.datastores() {
+            for table in self
+                .datastores
+                .root
+                .tables(Some(&datastore))
+                .map_err(sql_status)?
+            {
                 builder
                     .append(
                         CATALOG_NAME,

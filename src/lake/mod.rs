@@ -193,6 +193,25 @@ impl Lake {
         Ok(self.catalog.create_table(&ns, creation).await?)
     }
 
+    /// Drops every table of a data store and its namespace, and deletes their files (the
+    /// namespace's directory in the warehouse). Dropping a data store that has no tables is
+    /// not an error.
+    pub async fn drop_datastore(&self, datastore: &str) -> Result<(), LakeError> {
+        let ns = NamespaceIdent::new(datastore.to_string());
+        if self.catalog.namespace_exists(&ns).await? {
+            for ident in self.catalog.list_tables(&ns).await? {
+                self.catalog.drop_table(&ident).await?;
+                self.tables.lock().expect("table cache lock").remove(&ident);
+            }
+            self.catalog.drop_namespace(&ns).await?;
+        }
+        let dir = self.warehouse.join(datastore);
+        if dir.starts_with(&self.warehouse) && dir != self.warehouse && dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(|e| LakeError::Warehouse(dir.clone(), e))?;
+        }
+        Ok(())
+    }
+
     /// Names (resource types, lower case) of the tables that exist for a data store.
     pub async fn table_names(&self, datastore: &str) -> Result<Vec<String>, LakeError> {
         let ns = NamespaceIdent::new(datastore.to_string());

@@ -23,6 +23,22 @@ impl DatastoreStatus {
         }
     }
 
+    /// True when the data store's FHIR endpoint and tables are in use.
+    pub fn is_served(self) -> bool {
+        self == Self::Active
+    }
+
+    /// The status named by `s` (HealthLake's spelling), if any.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "CREATING" => Some(Self::Creating),
+            "ACTIVE" => Some(Self::Active),
+            "DELETING" => Some(Self::Deleting),
+            "DELETED" => Some(Self::Deleted),
+            _ => None,
+        }
+    }
+
     fn parse(s: &str) -> Self {
         match s {
             "CREATING" => Self::Creating,
@@ -96,6 +112,133 @@ impl Store {
         .await?;
         tx.commit().await?;
         self.datastore(name).await
+    }
+
+    /// Creates data store `name` with `status` and the control plane's `properties` in one
+    /// transaction. Never the default (the CLI's first data store is).
+    pub async fn create_datastore_with(
+        &self,
+        name: &str,
+        status: DatastoreStatus,
+        properties: &serde_json::Value,
+    ) -> Result<Datastore, StoreError> {
+        validate_name(name)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut tx = self.pool().begin().await?;
+        let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM datastores WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(StoreError::DuplicateDatastore(name.to_string()));
+        }
+        sqlx::query(
+            "INSERT INTO datastores (id, name, status, created_at, is_default) VALUES (?, ?, ?, ?, 0)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(status.as_str())
+        .bind(&created_at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("INSERT INTO datastore_properties (id, properties) VALUES (?, ?)")
+            .bind(&id)
+            .bind(properties.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        self.datastore(&id).await
+    }
+
+    /// The control plane's properties of data store `id` (`{}` for data stores made by the
+    /// CLI before the control plane existed).
+    pub async fn datastore_properties(&self, id: &str) -> Result<serde_json::Value, StoreError> {
+        let text: Option<String> =
+            sqlx::query_scalar("SELECT properties FROM datastore_properties WHERE id = ?")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(text
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_else(|| serde_json::json!({})))
+    }
+
+    pub async fn set_datastore_properties(
+        &self,
+        id: &str,
+        properties: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO datastore_properties (id, properties) VALUES (?, ?) \
+             ON CONFLICT (id) DO UPDATE SET properties = excluded.properties",
+        )
+        .bind(id)
+        .bind(properties.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_datastore_status(
+        &self,
+        id: &str,
+        status: DatastoreStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE datastores SET status = ? WHERE id = ?")
+            .bind(status.as_str())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The data store created with this client token, if any (idempotent creates).
+    pub async fn datastore_by_client_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<Datastore>, StoreError> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM datastore_properties WHERE json_extract(properties, '$.ClientToken') = ?",
+        )
+        .bind(token)
+        .fetch_optional(self.pool())
+        .await?;
+        match id {
+            Some(id) => Ok(Some(self.datastore(&id).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes every resource version and lake bookkeeping row of data store `id`, in
+    /// batches so other writers are not locked out for long. The data store row stays (a
+    /// deleted data store remains describable).
+    pub async fn purge_datastore(&self, id: &str) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        // resource_versions is the big one: delete it in batches of rowids.
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM resource_versions WHERE seq IN \
+                 (SELECT seq FROM resource_versions WHERE datastore_id = ? LIMIT 20000)",
+            )
+            .bind(id)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            removed += done;
+            if done < 20000 {
+                break;
+            }
+        }
+        for table in ["resources_current", "lake_rows", "lake_files", "lake_state"] {
+            removed += sqlx::query(&format!("DELETE FROM {table} WHERE datastore_id = ?"))
+                .bind(id)
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+        }
+        self.versions.clear();
+        Ok(removed)
     }
 
     /// The data store whose name or id is `name_or_id`.

@@ -11,12 +11,14 @@
 
 mod codec;
 mod datastores;
+mod jobs;
 mod lake_rows;
 pub mod reads;
 mod resources;
 mod version_cache;
 
-pub use datastores::{Datastore, DatastoreStatus};
+pub use datastores::{Datastore, DatastoreStatus, validate_name as validate_datastore_name};
+pub use jobs::{Job, JobKind};
 pub use lake_rows::{AddedFile, LakeCommitRecord, LakeFile, LakeRow};
 pub use resources::{Change, NewResource, WrittenVersion};
 
@@ -55,6 +57,12 @@ pub enum StoreError {
     /// No data store with that name or id.
     #[error("no data store named or with id '{0}'")]
     NoSuchDatastore(String),
+    /// A data store name already in use.
+    #[error("a data store named '{0}' already exists")]
+    DuplicateDatastore(String),
+    /// No job with that id.
+    #[error("no job with id '{0}'")]
+    NoSuchJob(String),
 }
 
 /// Handle to the embedded resource store.
@@ -76,6 +84,24 @@ CREATE TABLE IF NOT EXISTS datastores (
     created_at TEXT NOT NULL,
     is_default INTEGER NOT NULL DEFAULT 0
 );
+-- The control plane's view of a data store (HealthLake's DatastoreName, preload, SSE and
+-- identity-provider settings, tags, client token, deletion time), as one JSON document.
+CREATE TABLE IF NOT EXISTS datastore_properties (
+    id TEXT PRIMARY KEY,
+    properties TEXT NOT NULL
+);
+-- Import and export jobs; `properties` holds the request and progress as JSON.
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    datastore_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    submit_time TEXT NOT NULL,
+    end_time TEXT,
+    client_token TEXT,
+    properties TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_datastore ON jobs (datastore_id, kind, submit_time);
 CREATE TABLE IF NOT EXISTS resource_versions (
     seq INTEGER PRIMARY KEY,
     datastore_id TEXT NOT NULL,

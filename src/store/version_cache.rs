@@ -58,6 +58,12 @@ impl VersionCache {
             .collect()
     }
 
+    /// Forgets everything (a purged data store's ids may be reused by a new one).
+    pub(crate) fn clear(&self) {
+        let mut inner = self.inner.lock().expect("version cache lock");
+        *inner = Inner::default();
+    }
+
     /// Remembers `versions` (all of one data store and type).
     pub(crate) fn insert_many(&self, datastore_id: &str, versions: &[Arc<StoredVersion>]) {
         if versions.is_empty() {

@@ -55,3 +55,33 @@ pub async fn import_and_sync(
     .unwrap();
     report
 }
+
+/// (id, _version_id) of every live row of a table, via iceberg's reader (honours deletes).
+pub async fn scan_ids(
+    inst: &fhirlake::installation::Installation,
+    ds: &str,
+    ty: &str,
+) -> Vec<(String, i64)> {
+    let Some(table) = inst.lake.table(ds, ty).await.unwrap() else {
+        return Vec::new();
+    };
+    let stream = table
+        .scan()
+        .select(["id", "_version_id"])
+        .build()
+        .unwrap()
+        .to_arrow()
+        .await
+        .unwrap();
+    let batches: Vec<_> = futures::TryStreamExt::try_collect(stream).await.unwrap();
+    let mut out = Vec::new();
+    for b in batches {
+        let ids = arrow::array::AsArray::as_string::<i32>(b.column(0));
+        let v = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(1));
+        for i in 0..b.num_rows() {
+            out.push((ids.value(i).to_string(), v.value(i)));
+        }
+    }
+    out.sort();
+    out
+}

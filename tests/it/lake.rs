@@ -3,41 +3,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use arrow::array::AsArray;
-use futures::TryStreamExt;
-
 use fhirlake::ingest::{self, ImportOptions, ImportProgress};
 use fhirlake::installation::Installation;
 use fhirlake::lake::sync::{BatchLimits, sync_datastore};
 use fhirlake::store::NewResource;
 
-use crate::common::{gz_lines, shared_data};
-
-/// (id, _version_id) of every live row of a table, via iceberg's reader (honours deletes).
-async fn scan_ids(inst: &Installation, ds: &str, ty: &str) -> Vec<(String, i64)> {
-    let Some(table) = inst.lake.table(ds, ty).await.unwrap() else {
-        return Vec::new();
-    };
-    let stream = table
-        .scan()
-        .select(["id", "_version_id"])
-        .build()
-        .unwrap()
-        .to_arrow()
-        .await
-        .unwrap();
-    let batches: Vec<_> = stream.try_collect().await.unwrap();
-    let mut out = Vec::new();
-    for b in batches {
-        let ids = b.column(0).as_string::<i32>();
-        let v = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
-        for i in 0..b.num_rows() {
-            out.push((ids.value(i).to_string(), v.value(i)));
-        }
-    }
-    out.sort();
-    out
-}
+use crate::common::{gz_lines, scan_ids, shared_data};
 
 async fn import_file(inst: &Installation, path: &std::path::Path) -> ingest::ImportReport {
     let ds = inst.datastore(None).await.unwrap();

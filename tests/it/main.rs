@@ -2,6 +2,7 @@
 mod api;
 mod api_crash;
 mod common;
+mod control;
 mod crash;
 mod flight;
 mod ingest;

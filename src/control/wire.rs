@@ -1,0 +1,140 @@
+//! The AWS JSON 1.0 protocol for the control plane: `POST /` with `X-Amz-Target:
+//! HealthLake.<Operation>` and a JSON body, answered with the operation's JSON output or
+//! `{"__type": "<Error>", "message": "..."}`.
+//!
+//! This is what the AWS SDKs and CLI speak, so `boto3.client("healthlake",
+//! endpoint_url="http://127.0.0.1:8080")` drives fhirlake unchanged. With access keys
+//! configured, requests must carry a valid SigV4 signature ([`super::sigv4`]); without, the
+//! signature is not checked, which is allowed only on loopback (the embedded default).
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use serde_json::{Value, json};
+
+use super::{ControlError, ControlPlane};
+
+/// The content type of the protocol.
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+
+/// The control plane's routes (`POST /`), to merge into the REST API's router.
+pub fn router(control: ControlPlane) -> Router {
+    Router::new().route("/", post(handle)).with_state(control)
+}
+
+/// Verifies the request's SigV4 signature when access keys are configured. Without keys the
+/// control plane is open, which the server allows only when it listens on loopback.
+fn authenticate(
+    control: &ControlPlane,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), ControlError> {
+    match &control.config().access_key {
+        Some(key) => {
+            super::sigv4::verify(key, &Method::POST, "/", headers, body, chrono::Utc::now())
+        }
+        None if control.config().open => Ok(()),
+        None => Err(ControlError::AccessDenied(
+            "this server listens beyond loopback, so the control plane requires signed \
+             requests: start it with --aws-access-key-id and --aws-secret-access-key"
+                .into(),
+        )),
+    }
+}
+
+fn reply(status: StatusCode, body: &Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    if let Ok(id) = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()) {
+        headers.insert("x-amzn-requestid", id);
+    }
+    response
+}
+
+fn error_reply(e: &ControlError) -> Response {
+    reply(
+        e.status(),
+        &json!({"__type": e.type_name(), "message": e.to_string()}),
+    )
+}
+
+/// Runs one operation by name on a parsed body.
+pub async fn dispatch(
+    control: &ControlPlane,
+    operation: &str,
+    body: &Value,
+    host: &str,
+) -> Result<Value, ControlError> {
+    match operation {
+        "CreateFHIRDatastore" => control.create_datastore(body, host).await,
+        "DescribeFHIRDatastore" => control.describe_datastore(body, host).await,
+        "ListFHIRDatastores" => control.list_datastores(body, host).await,
+        "DeleteFHIRDatastore" => control.delete_datastore(body, host).await,
+        "TagResource" => control.tag_resource(body).await,
+        "UntagResource" => control.untag_resource(body).await,
+        "ListTagsForResource" => control.list_tags(body).await,
+        "StartFHIRImportJob" => control.start_import(body).await,
+        "DescribeFHIRImportJob" => control.describe_import(body).await,
+        "ListFHIRImportJobs" => control.list_imports(body).await,
+        other => Err(ControlError::Validation(format!(
+            "Operation {other} is not supported by this server"
+        ))),
+    }
+}
+
+async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(e) = authenticate(&control, &headers, &body) {
+        return error_reply(&e);
+    }
+    let Some(target) = headers.get("x-amz-target").and_then(|v| v.to_str().ok()) else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "__type": "UnknownOperationException",
+                "message": "POST / is the HealthLake control-plane API: send X-Amz-Target: \
+                            HealthLake.<Operation> with a JSON body (FHIR requests go to \
+                            /datastore/<id>/r4/)"
+            }),
+        );
+    };
+    let Some(operation) = target.strip_prefix("HealthLake.") else {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            &json!({
+                "__type": "UnknownOperationException",
+                "message": format!("Unknown target '{target}'; expected HealthLake.<Operation>")
+            }),
+        );
+    };
+    let parsed: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return error_reply(&ControlError::Validation(format!(
+                    "The request body is not valid JSON: {e}"
+                )));
+            }
+        }
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or(control.api().default_host())
+        .to_string();
+    match dispatch(&control, operation, &parsed, &host).await {
+        Ok(out) => reply(StatusCode::OK, &out),
+        Err(e) => {
+            if matches!(e, ControlError::Internal(_)) {
+                tracing::error!(operation, "control plane: {e}");
+            }
+            error_reply(&e)
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Import and export jobs, as the control plane records them.
+//!
+//! A job row is written when the job is accepted and updated as it runs, so jobs survive a
+//! restart: the control plane finds the unfinished ones at start and resumes or fails them.
+
+use sqlx::Row;
+
+use super::{Store, StoreError};
+
+/// What a job does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    Import,
+    Export,
+}
+
+impl JobKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Import => "IMPORT",
+            JobKind::Export => "EXPORT",
+        }
+    }
+}
+
+/// One job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// 32 lower-case hex characters.
+    pub job_id: String,
+    pub datastore_id: String,
+    pub kind: JobKind,
+    /// HealthLake's status name (`SUBMITTED`, `IN_PROGRESS`, `COMPLETED`, ...).
+    pub status: String,
+    /// RFC 3339.
+    pub submit_time: String,
+    pub end_time: Option<String>,
+    pub client_token: Option<String>,
+    /// The request and progress, as the control plane defines them.
+    pub properties: serde_json::Value,
+}
+
+impl Job {
+    /// True while the job holds its data store's single job slot.
+    pub fn is_running(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "SUBMITTED" | "IN_PROGRESS" | "CANCEL_SUBMITTED" | "CANCEL_IN_PROGRESS"
+        )
+    }
+}
+
+fn from_row(row: &sqlx::sqlite::SqliteRow) -> Job {
+    Job {
+        job_id: row.get("job_id"),
+        datastore_id: row.get("datastore_id"),
+        kind: if row.get::<&str, _>("kind") == "EXPORT" {
+            JobKind::Export
+        } else {
+            JobKind::Import
+        },
+        status: row.get("status"),
+        submit_time: row.get("submit_time"),
+        end_time: row.get("end_time"),
+        client_token: row.get("client_token"),
+        properties: serde_json::from_str(row.get::<&str, _>("properties"))
+            .unwrap_or(serde_json::Value::Null),
+    }
+}
+
+impl Store {
+    /// Records a new job, unless the data store already has a running one (HealthLake runs
+    /// one import or export at a time per data store): then returns that job as `Err`.
+    pub async fn insert_job(&self, job: &Job) -> Result<Result<(), Job>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let running = sqlx::query(
+            "SELECT * FROM jobs WHERE datastore_id = ? AND status IN \
+             ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') LIMIT 1",
+        )
+        .bind(&job.datastore_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = running {
+            return Ok(Err(from_row(&row)));
+        }
+        sqlx::query(
+            "INSERT INTO jobs (job_id, datastore_id, kind, status, submit_time, end_time, \
+             client_token, properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&job.job_id)
+        .bind(&job.datastore_id)
+        .bind(job.kind.as_str())
+        .bind(&job.status)
+        .bind(&job.submit_time)
+        .bind(&job.end_time)
+        .bind(&job.client_token)
+        .bind(job.properties.to_string())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// Writes a job's status, end time and properties.
+    pub async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET status = ?, end_time = ?, properties = ? WHERE job_id = ?")
+            .bind(&job.status)
+            .bind(&job.end_time)
+            .bind(job.properties.to_string())
+            .bind(&job.job_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<Job, StoreError> {
+        sqlx::query("SELECT * FROM jobs WHERE job_id = ?")
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await?
+            .as_ref()
+            .map(from_row)
+            .ok_or_else(|| StoreError::NoSuchJob(job_id.to_string()))
+    }
+
+    /// The job of `kind` on `datastore_id` created with `client_token`, if any.
+    pub async fn job_by_client_token(
+        &self,
+        datastore_id: &str,
+        kind: JobKind,
+        client_token: &str,
+    ) -> Result<Option<Job>, StoreError> {
+        Ok(sqlx::query(
+            "SELECT * FROM jobs WHERE datastore_id = ? AND kind = ? AND client_token = ?",
+        )
+        .bind(datastore_id)
+        .bind(kind.as_str())
+        .bind(client_token)
+        .fetch_optional(self.pool())
+        .await?
+        .as_ref()
+        .map(from_row))
+    }
+
+    /// Jobs of `kind` on `datastore_id`, newest first.
+    pub async fn list_jobs(
+        &self,
+        datastore_id: &str,
+        kind: JobKind,
+    ) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE datastore_id = ? AND kind = ? \
+             ORDER BY submit_time DESC, job_id",
+        )
+        .bind(datastore_id)
+        .bind(kind.as_str())
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+
+    /// Every job that has not finished (after a restart: the ones to resume or fail).
+    pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE status IN \
+             ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') \
+             ORDER BY submit_time",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(from_row).collect())
+    }
+}
