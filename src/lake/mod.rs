@@ -170,9 +170,15 @@ impl Lake {
         if let Some(t) = self.table(datastore, resource_type).await? {
             return Ok(t);
         }
+        // Two committers (a server's background sync and a CLI import, say) may create the
+        // same namespace or table at once; the loser of the catalog's insert uses the
+        // winner's.
         let ns = NamespaceIdent::new(datastore.to_string());
-        if !self.catalog.namespace_exists(&ns).await? {
-            self.catalog.create_namespace(&ns, HashMap::new()).await?;
+        if !self.catalog.namespace_exists(&ns).await?
+            && let Err(e) = self.catalog.create_namespace(&ns, HashMap::new()).await
+            && !self.catalog.namespace_exists(&ns).await?
+        {
+            return Err(e.into());
         }
         let schema = Registry::global().get(resource_type)?;
         let iceberg_schema = iceberg::arrow::arrow_schema_to_schema(&schema.arrow_schema())?;
@@ -190,7 +196,13 @@ impl Lake {
                 ),
             ])
             .build();
-        Ok(self.catalog.create_table(&ns, creation).await?)
+        match self.catalog.create_table(&ns, creation).await {
+            Ok(table) => Ok(table),
+            Err(e) => match self.table(datastore, resource_type).await? {
+                Some(table) => Ok(table),
+                None => Err(e.into()),
+            },
+        }
     }
 
     /// Drops every table of a data store and its namespace, and deletes their files (the

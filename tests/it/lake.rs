@@ -358,3 +358,25 @@ async fn concurrent_commits_to_one_table_all_land() {
     let summary = table.metadata().current_snapshot().unwrap().summary();
     assert_eq!(summary.additional_properties["total-records"], "20");
 }
+
+/// Committers racing to create the same table (a server's sync and a CLI import) all get it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_table_creation_converges() {
+    let dir = tempfile::tempdir().unwrap();
+    let inst = Installation::open(dir.path()).await.unwrap();
+    let ds = inst.datastore(None).await.unwrap();
+    let creators: Vec<_> = (0..8)
+        .map(|_| {
+            let lake = inst.lake.clone();
+            let name = ds.name.clone();
+            tokio::spawn(async move { lake.ensure_table(&name, "Patient").await })
+        })
+        .collect();
+    let mut locations = std::collections::HashSet::new();
+    for c in creators {
+        let table = c.await.unwrap().expect("every creator gets the table");
+        locations.insert(table.identifier().to_string());
+    }
+    assert_eq!(locations.len(), 1);
+    assert_eq!(inst.lake.table_names(&ds.name).await.unwrap(), ["patient"]);
+}
