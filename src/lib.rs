@@ -6,6 +6,7 @@
 pub mod api;
 pub mod cli;
 pub mod control;
+pub mod export;
 pub mod flight;
 pub mod ingest;
 pub mod installation;

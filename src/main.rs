@@ -52,6 +52,30 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Export a data store's current resources as NDJSON (one file per type, rolled at
+    /// --max-file-mb), from one point in time, with a manifest.json.
+    Export {
+        /// Output directory (created).
+        out: PathBuf,
+        /// Data store (default: the installation's default).
+        #[arg(long)]
+        datastore: Option<String>,
+        /// Only these resource types (comma-separated, as `_type`).
+        #[arg(long = "type", value_delimiter = ',')]
+        types: Vec<String>,
+        /// Only resources last updated at or after this instant (as `_since`).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only the Patient compartment (as `Patient/$export`).
+        #[arg(long, conflicts_with = "group")]
+        patient: bool,
+        /// Only the compartments of this Group's member patients (as `Group/{id}/$export`).
+        #[arg(long)]
+        group: Option<String>,
+        /// Roll files at this size.
+        #[arg(long, default_value_t = 1024)]
+        max_file_mb: u64,
+    },
     /// Run SQL (Athena dialect) over the lake: interactive, or `-e`/`-f` scripts.
     Sql {
         /// Data store whose tables unqualified names refer to (default: the default store).
@@ -304,6 +328,54 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             import(&inst, &path, datastore.as_deref(), quiet).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export {
+            out,
+            datastore,
+            types,
+            since,
+            patient,
+            group,
+            max_file_mb,
+        } => {
+            use fhirlake::export::{ExportRequest, ExportScope};
+            let inst = Installation::open(&cli.data_dir).await?;
+            let ds = inst.datastore(datastore.as_deref()).await?;
+            let request = ExportRequest {
+                scope: match (patient, group) {
+                    (_, Some(g)) => ExportScope::Group(g),
+                    (true, None) => ExportScope::Patient,
+                    (false, None) => ExportScope::System,
+                },
+                types: (!types.is_empty()).then_some(types),
+                since,
+            };
+            let report = fhirlake::export::export(
+                &inst.store,
+                &ds,
+                &request,
+                &out,
+                &fhirlake::export::ExportLimits {
+                    max_file_bytes: max_file_mb.max(1) << 20,
+                },
+                &Default::default(),
+                &std::sync::atomic::AtomicBool::new(false),
+            )
+            .await?;
+            report.write_manifest(&out, &ds.id, None).await?;
+            let seconds = report.seconds;
+            println!(
+                "Exported {} resources ({:.1} MB) in {} files to {} in {seconds:.1} s \
+                 ({:.0} resources/s, {:.1} MB/s); as of {}",
+                report.resources(),
+                report.bytes() as f64 / 1e6,
+                report.files.len(),
+                out.display(),
+                report.resources() as f64 / seconds.max(1e-9),
+                report.bytes() as f64 / 1e6 / seconds.max(1e-9),
+                report.transaction_time
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Sql {
             datastore,
             execute,
@@ -473,6 +545,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 s.unsupported_parameters,
                 out.join(fhirlake::search::generate::CATALOG_FILE).display()
             );
+            let compartment = fhirlake::export::compartment::generate(&definitions)?;
+            fhirlake::export::compartment::write(&compartment, &out)?;
+            println!(
+                "Patient compartment: {} resource types ({})",
+                compartment.len(),
+                out.join(fhirlake::export::compartment::COMPARTMENT_FILE)
+                    .display()
+            );
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -502,6 +582,7 @@ async fn serve(
     if interrupted > 0 {
         tracing::warn!("{interrupted} job(s) interrupted by the last shutdown were marked FAILED");
     }
+    api.add_routes(fhirlake::control::bulk::router(control.clone()));
     api.add_routes(fhirlake::control::wire::router(control));
     for (ds, url) in api.base_urls() {
         println!("FHIR R4 base URL of data store '{}': {url}", ds.name);

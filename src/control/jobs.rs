@@ -118,10 +118,15 @@ impl ControlPlane {
         for mut job in jobs.iter().cloned() {
             job.status = "FAILED".into();
             job.end_time = Some(now());
-            job.properties["Message"] = json!(
-                "The server stopped while this job was running; resources imported before \
-                 that are kept. Start the job again to import the rest (re-importing is idempotent per resource id)."
-            );
+            job.properties["Message"] = json!(match job.kind {
+                JobKind::Import =>
+                    "The server stopped while this job was running; resources \
+                        imported before that are kept. Start the job again to import the rest \
+                        (re-importing is idempotent per resource id).",
+                JobKind::Export =>
+                    "The server stopped while this job was running; files \
+                        written before that are incomplete. Start the export again.",
+            });
             store.update_job(&job).await?;
         }
         Ok(jobs.len())
@@ -342,21 +347,49 @@ impl ControlPlane {
 
     /// DescribeFHIRImportJob.
     pub async fn describe_import(&self, req: &Value) -> Result<Value, ControlError> {
-        let obj = shapes::object(req)?;
-        let ds_id = shapes::required_str(obj, "DatastoreId")?;
-        let job_id = shapes::required_str(obj, "JobId")?;
-        self.visible_datastore(ds_id).await?;
-        let job = self.installation().store.job(job_id).await?;
-        if job.datastore_id != ds_id || job.kind != JobKind::Import {
-            return Err(ControlError::ResourceNotFound(format!(
-                "Import job {job_id} not found in datastore {ds_id}"
-            )));
-        }
+        let job = self.job_of(req, JobKind::Import).await?;
         Ok(json!({ "ImportJobProperties": Self::import_properties(&job) }))
     }
 
     /// ListFHIRImportJobs.
     pub async fn list_imports(&self, req: &Value) -> Result<Value, ControlError> {
+        self.list_jobs_of(
+            req,
+            JobKind::Import,
+            Self::import_properties,
+            "ImportJobPropertiesList",
+        )
+        .await
+    }
+
+    /// The job a Describe request names (`DatastoreId`, `JobId`), if it is of `kind`.
+    pub(super) async fn job_of(&self, req: &Value, kind: JobKind) -> Result<Job, ControlError> {
+        let obj = shapes::object(req)?;
+        let ds_id = shapes::required_str(obj, "DatastoreId")?;
+        let job_id = shapes::required_str(obj, "JobId")?;
+        self.visible_datastore(ds_id).await?;
+        let job = self.installation().store.job(job_id).await?;
+        if job.datastore_id != ds_id || job.kind != kind {
+            return Err(ControlError::ResourceNotFound(format!(
+                "{} job {job_id} not found in datastore {ds_id}",
+                match kind {
+                    JobKind::Import => "Import",
+                    JobKind::Export => "Export",
+                }
+            )));
+        }
+        Ok(job)
+    }
+
+    /// A List request's page of the data store's jobs of `kind`, rendered by `show`, filtered
+    /// by `JobName`, `JobStatus`, `SubmittedBefore`/`SubmittedAfter`.
+    pub(super) async fn list_jobs_of(
+        &self,
+        req: &Value,
+        kind: JobKind,
+        show: fn(&Job) -> Value,
+        member: &str,
+    ) -> Result<Value, ControlError> {
         let obj = shapes::object(req)?;
         let ds_id = shapes::required_str(obj, "DatastoreId")?;
         self.visible_datastore(ds_id).await?;
@@ -368,10 +401,10 @@ impl ControlPlane {
         let items: Vec<Value> = self
             .installation()
             .store
-            .list_jobs(ds_id, JobKind::Import)
+            .list_jobs(ds_id, kind)
             .await?
             .iter()
-            .map(Self::import_properties)
+            .map(show)
             .filter(|p| {
                 let submitted = p["SubmitTime"].as_f64().unwrap_or(0.0);
                 name.is_none_or(|n| p["JobName"].as_str() == Some(n))
@@ -380,7 +413,7 @@ impl ControlPlane {
                     && after.is_none_or(|a| submitted > a)
             })
             .collect();
-        Ok(shapes::paged("ImportJobPropertiesList", items, offset, max))
+        Ok(shapes::paged(member, items, offset, max))
     }
 }
 

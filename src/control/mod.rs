@@ -10,8 +10,10 @@
 //! Requests and responses are JSON values in the operation's PascalCase shape (as the AWS
 //! API model defines them); each operation validates what it reads.
 
+pub mod bulk;
 pub mod cli;
 pub mod error;
+pub mod export_jobs;
 pub mod jobs;
 mod shapes;
 pub mod sigv4;
@@ -96,6 +98,8 @@ struct Inner {
     listeners: Vec<Arc<dyn DatastoreListener>>,
     /// When each rate-limited operation last ran.
     last_call: Mutex<BTreeMap<&'static str, Instant>>,
+    /// The cancel switch of each export job running in this process.
+    cancels: Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// Today's time as HealthLake stores it (RFC 3339, milliseconds).
@@ -140,6 +144,7 @@ impl ControlPlane {
                 config,
                 listeners,
                 last_call: Mutex::default(),
+                cancels: Mutex::default(),
             }),
         }
     }
@@ -154,6 +159,21 @@ impl ControlPlane {
 
     pub(crate) fn api(&self) -> &ApiState {
         &self.inner.api
+    }
+
+    fn register_cancel(&self, job_id: &str, flag: Arc<std::sync::atomic::AtomicBool>) {
+        let mut cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.insert(job_id.to_string(), flag);
+    }
+
+    fn unregister_cancel(&self, job_id: &str) {
+        let mut cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.remove(job_id);
+    }
+
+    fn cancel_flag(&self, job_id: &str) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        let cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.get(job_id).cloned()
     }
 
     /// HealthLake's ARN of data store `id`.

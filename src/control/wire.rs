@@ -80,6 +80,10 @@ pub async fn dispatch(
         "StartFHIRImportJob" => control.start_import(body).await,
         "DescribeFHIRImportJob" => control.describe_import(body).await,
         "ListFHIRImportJobs" => control.list_imports(body).await,
+        "StartFHIRExportJob" => control.start_export(body).await,
+        "DescribeFHIRExportJob" => control.describe_export(body).await,
+        "ListFHIRExportJobs" => control.list_exports(body).await,
+        "CancelFHIRExportJob" => control.cancel_export(body).await,
         other => Err(ControlError::Validation(format!(
             "Operation {other} is not supported by this server"
         ))),

@@ -71,11 +71,17 @@ pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, InputError> {
     Ok(files)
 }
 
+/// Whether a file in an input directory is data. `manifest.json` is what import and export
+/// jobs write next to their output, never data, so a directory written by an export imports
+/// as it is.
 fn is_ndjson_name(p: &Path) -> bool {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_default();
+    if name == "manifest.json" {
+        return false;
+    }
     [
         ".ndjson",
         ".ndjson.gz",
@@ -230,6 +236,14 @@ impl LineReader {
 mod tests {
     use super::*;
     use std::io::{Cursor, Write};
+
+    #[test]
+    fn job_manifests_are_not_input() {
+        assert!(is_ndjson_name(Path::new("/x/Patient-1.ndjson")));
+        assert!(is_ndjson_name(Path::new("/x/bundle.json.gz")));
+        assert!(!is_ndjson_name(Path::new("/x/manifest.json")));
+        assert!(!is_ndjson_name(Path::new("/x/notes.txt")));
+    }
 
     fn lines(data: &[u8], max: usize) -> Vec<Result<Line, String>> {
         let mut r = LineReader::from_reader(Box::new(Cursor::new(data.to_vec())), max);

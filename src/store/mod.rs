@@ -15,12 +15,14 @@ mod jobs;
 mod lake_rows;
 pub mod reads;
 mod resources;
+mod snapshot;
 mod version_cache;
 
 pub use datastores::{Datastore, DatastoreStatus, validate_name as validate_datastore_name};
 pub use jobs::{Job, JobKind};
 pub use lake_rows::{AddedFile, LakeCommitRecord, LakeFile, LakeRow};
 pub use resources::{Change, NewResource, WrittenVersion};
+pub use snapshot::SnapshotResource;
 
 use std::path::Path;
 use std::str::FromStr;

@@ -352,10 +352,79 @@ try:
           gone["DatastoreStatus"] == "DELETED" and job_after["JobStatus"] == "COMPLETED_WITH_ERRORS", gone)
     n = sql_count(grpc, "preloaded", "patient")
     check("after a restart: Flight SQL serves the created store", n == sample_patients, n)
-    hl.create_fhir_datastore(DatastoreName="rate-1", DatastoreTypeVersion="R4")
+    copy = hl.create_fhir_datastore(DatastoreName="copy", DatastoreTypeVersion="R4")
     code = error_of(hl.create_fhir_datastore, DatastoreName="rate-2", DatastoreTypeVersion="R4")
     check("ACC-04 a second create within the minute: ThrottlingException",
           code and code[0] == "ThrottlingException", code)
+
+    # ACC-32: an SDK export of the preloaded store, imported into 'copy': the same tables.
+    exp = hl.start_fhir_export_job(
+        JobName="round-trip", DatastoreId=pre_id, DataAccessRoleArn="arn:aws:iam::000000000000:role/r",
+        OutputDataConfig={"S3Configuration": {"S3Uri": f"file://{bucket}/exports/", "KmsKeyId": "k"}})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        eprops = hl.describe_fhir_export_job(DatastoreId=pre_id, JobId=exp["JobId"])["ExportJobProperties"]
+        if eprops["JobStatus"] not in ("SUBMITTED", "IN_PROGRESS"):
+            break
+        time.sleep(0.3)
+    check("ACC-32 StartFHIRExportJob -> COMPLETED, with SubmitTime, EndTime, OutputDataConfig",
+          eprops["JobStatus"] == "COMPLETED" and "EndTime" in eprops
+          and eprops["OutputDataConfig"]["S3Configuration"]["S3Uri"].endswith("/exports/"), eprops)
+    listed = hl.list_fhir_export_jobs(DatastoreId=pre_id, JobStatus="COMPLETED")["ExportJobPropertiesList"]
+    check("ACC-32 ListFHIRExportJobs lists it", [j["JobId"] for j in listed] == [exp["JobId"]], listed)
+    export_dir = bucket / "exports" / f"{pre_id}-FHIR_EXPORT-{exp['JobId']}"
+    emanifest = json.loads((export_dir / "manifest.json").read_text())
+    types = sorted({o["type"] for o in emanifest["output"]})
+    check(f"the export wrote NDJSON for {len(types)} types and a manifest",
+          len(types) >= 10 and all((export_dir / o["name"]).exists() for o in emanifest["output"]), emanifest)
+    wait_status(hl, copy["DatastoreId"], "ACTIVE")
+    imp = hl.start_fhir_import_job(
+        DatastoreId=copy["DatastoreId"], InputDataConfig={"S3Uri": f"file://{export_dir}/"},
+        JobOutputDataConfig={"S3Configuration": {"S3Uri": f"file://{bucket}/output/", "KmsKeyId": "k"}},
+        DataAccessRoleArn="arn:aws:iam::000000000000:role/r")
+    iprops = wait_job(hl, copy["DatastoreId"], imp["JobId"])
+    check("the export imports into another data store without errors", iprops["JobStatus"] == "COMPLETED", iprops)
+    same = []
+    for t in types:
+        kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": "copy"}
+        with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
+            cur = conn.cursor()
+            cur.execute(f"SELECT (SELECT count(*) FROM preloaded.{t.lower()}), (SELECT count(*) FROM copy.{t.lower()}), "
+                        f"(SELECT count(*) FROM (SELECT id FROM preloaded.{t.lower()} EXCEPT SELECT id FROM copy.{t.lower()}))")
+            a, b, missing = cur.fetchone()
+        same.append((t, a, b, missing))
+    check("round trip: every SQL table of the copy has the original's row count and ids",
+          all(a == b and a > 0 and m == 0 for _, a, b, m in same), same)
+
+    # ACC-30: FHIR Bulk Data $export on the preloaded store's base URL.
+    base = hl.describe_fhir_datastore(DatastoreId=pre_id)["DatastoreProperties"]["DatastoreEndpoint"]
+    r = requests.get(base + "$export?_type=Patient,Condition&_outputFormat=application/fhir%2Bndjson",
+                     headers={"Prefer": "respond-async", "Accept": "application/fhir+json"}, timeout=10)
+    location = r.headers.get("Content-Location", "")
+    check("ACC-30 $export kick-off: 202, Content-Location .../r4/export/{jobId}, jobStatus SUBMITTED",
+          r.status_code == 202 and "/r4/export/" in location and r.json().get("jobStatus") == "SUBMITTED",
+          f"{r.status_code} {r.text[:200]}")
+    manifest = {}
+    deadline = time.time() + 120
+    while time.time() < deadline and location:
+        s = requests.get(location, timeout=10)
+        if s.status_code == 200:
+            manifest = s.json()
+            break
+        time.sleep(0.3)
+    outputs = manifest.get("output", [])
+    check("ACC-30 polling ends in 200 with a Bulk Data manifest of Patient and Condition files",
+          {o["type"] for o in outputs} == {"Patient", "Condition"} and "transactionTime" in manifest
+          and manifest.get("requiresAccessToken") is False, manifest)
+    fetched = {o["type"]: requests.get(o["url"], timeout=30).text.splitlines() for o in outputs}
+    check("ACC-30 every output URL serves NDJSON of its one type, count lines",
+          all(len(fetched[o["type"]]) == o["count"] for o in outputs if o["type"] in fetched)
+          and all(json.loads(l)["resourceType"] == t for t, ls in fetched.items() for l in ls), {t: len(v) for t, v in fetched.items()})
+    r = requests.get(base + "Patient/$export", headers={"Prefer": "respond-async"}, timeout=10)
+    check("ACC-31 Patient/$export kicks off", r.status_code == 202, r.text[:200])
+    r = requests.delete(location, timeout=10)
+    check("ACC-31 cancelling a finished export: Interaction not supported.",
+          r.status_code == 400 and "Interaction not supported." in r.text, r.text[:200])
 finally:
     stop_server(server)
 

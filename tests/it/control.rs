@@ -34,6 +34,7 @@ impl Control {
             config(dir.path()),
             Vec::new(),
         );
+        server.add_routes(fhirlake::control::bulk::router(plane.clone()));
         server.add_routes(fhirlake::control::wire::router(plane));
         let root = format!("http://{}", server.local_addr());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -490,4 +491,203 @@ fn the_cli_creates_lists_tags_and_deletes() {
     let (ok, _, err) = run(&["datastore", "describe", "f".repeat(32).as_str()]);
     assert!(!ok);
     assert!(err.contains("ResourceNotFoundException"), "{err}");
+}
+
+/// FHIR Bulk Data `$export` and the SDK's export jobs on the same machinery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_export_over_rest_and_the_sdk() {
+    let c = Control::start(open_config).await;
+    let ds = c.inst.datastore(None).await.unwrap();
+    crate::common::import_and_sync(
+        &c.inst,
+        &ds,
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthea-r4-100p"),
+    )
+    .await;
+    let counts: std::collections::BTreeMap<String, i64> = c
+        .inst
+        .store
+        .current_counts(&ds.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let base = format!("{}/datastore/{}/r4/", c.root, ds.id);
+
+    // Kick-off rules.
+    let r = c.http.get(format!("{base}$export")).send().await.unwrap();
+    assert_eq!(r.status(), 400, "Prefer: respond-async is required");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["resourceType"], "OperationOutcome");
+    let kick = |url: String| {
+        c.http
+            .get(url)
+            .header("Prefer", "respond-async")
+            .header("Accept", "application/fhir+json")
+    };
+    let r = kick(format!("{base}$export?_outputFormat=text/csv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = kick(format!("{base}$export?_type=Nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = kick(format!("{base}Group/none/$export"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // System level with _type: 202 + Content-Location, then the manifest.
+    let r = kick(format!(
+        "{base}$export?_type=Patient,Condition&_outputFormat=application/fhir%2Bndjson"
+    ))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["jobStatus"], "SUBMITTED");
+    assert!(location.ends_with(&format!("/export/{}", body["jobId"].as_str().unwrap())));
+    let manifest = loop {
+        let r = c.http.get(&location).send().await.unwrap();
+        match r.status().as_u16() {
+            202 => {
+                assert!(r.headers().contains_key("x-progress"));
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            200 => break r.json::<Value>().await.unwrap(),
+            other => panic!("status {other}: {}", r.text().await.unwrap()),
+        }
+    };
+    assert_eq!(manifest["requiresAccessToken"], false);
+    assert!(
+        manifest["request"]
+            .as_str()
+            .unwrap()
+            .contains("$export?_type=Patient,Condition")
+    );
+    assert!(manifest["transactionTime"].as_str().unwrap().ends_with('Z'));
+    let output = manifest["output"].as_array().unwrap();
+    let types: std::collections::BTreeSet<&str> =
+        output.iter().map(|o| o["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Condition", "Patient"].into_iter().collect());
+    for o in output {
+        let text = c
+            .http
+            .get(o["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len() as u64, o["count"].as_u64().unwrap());
+        assert!(lines.iter().all(|l| l["resourceType"] == o["type"]));
+        assert_eq!(lines.len() as i64, counts[o["type"].as_str().unwrap()]);
+    }
+    // Cancelling a finished job: HealthLake's "Interaction not supported."
+    let r = c.http.delete(&location).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("Interaction not supported.")
+    );
+
+    // Patient level.
+    let r = kick(format!("{base}Patient/$export?_type=Patient,Organization"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let location = r.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let manifest = loop {
+        let r = c.http.get(&location).send().await.unwrap();
+        if r.status() == 200 {
+            break r.json::<Value>().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let types: Vec<&str> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["Patient"],
+        "Organization is not in the Patient compartment"
+    );
+
+    // The SDK's StartFHIRExportJob into an allowed location; it is listed with the REST jobs.
+    let bucket = c.dir.path().join("bucket/exports");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let job = c
+        .ok(
+            "StartFHIRExportJob",
+            json!({"DatastoreId": ds.id, "JobName": "all",
+                   "OutputDataConfig": {"S3Configuration": {"S3Uri": format!("file://{}/", bucket.display()), "KmsKeyId": "k"}},
+                   "DataAccessRoleArn": "arn:aws:iam::000000000000:role/r"}),
+        )
+        .await;
+    let job_id = job["JobId"].as_str().unwrap().to_string();
+    let props = loop {
+        let out = c
+            .ok(
+                "DescribeFHIRExportJob",
+                json!({"DatastoreId": ds.id, "JobId": job_id}),
+            )
+            .await;
+        let p = out["ExportJobProperties"].clone();
+        if p["JobStatus"] != "SUBMITTED" && p["JobStatus"] != "IN_PROGRESS" {
+            break p;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(props["JobStatus"], "COMPLETED", "{props}");
+    assert_eq!(props["JobName"], "all");
+    let dir = bucket.join(format!("{}-FHIR_EXPORT-{job_id}", ds.id));
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(
+        manifest["numberOfResourcesExported"].as_i64().unwrap(),
+        counts.values().sum::<i64>()
+    );
+    let listed = c
+        .ok(
+            "ListFHIRExportJobs",
+            json!({"DatastoreId": ds.id, "JobStatus": "COMPLETED"}),
+        )
+        .await;
+    assert_eq!(
+        listed["ExportJobPropertiesList"].as_array().unwrap().len(),
+        3
+    );
+    let (_, kind, _) = c
+        .error(
+            "StartFHIRExportJob",
+            json!({"DatastoreId": ds.id,
+                   "OutputDataConfig": {"S3Configuration": {"S3Uri": "file:///tmp/", "KmsKeyId": "k"}},
+                   "DataAccessRoleArn": "arn:aws:iam::000000000000:role/r"}),
+        )
+        .await;
+    assert_eq!(kind, "AccessDeniedException");
+    c.stop().await;
 }

@@ -318,3 +318,18 @@ fn committed_search_catalogue_matches_a_fresh_generation() {
     );
     assert_eq!(&catalog, fhirlake::search::Catalog::global());
 }
+
+/// The committed Patient compartment is what the generator makes from the definition.
+#[test]
+fn committed_patient_compartment_matches_a_fresh_generation() {
+    let Some(definitions) = definitions_dir() else {
+        return;
+    };
+    let fresh = fhirlake::export::compartment::generate(&definitions).unwrap();
+    assert!(fresh.len() > 60, "{} types", fresh.len());
+    assert_eq!(
+        fresh,
+        fhirlake::export::compartment::PatientCompartment::embedded_params(),
+        "schemas/compartments/patient.json is stale: run `fhirlake gen-schemas`"
+    );
+}

@@ -1,0 +1,294 @@
+//! Export jobs: StartFHIRExportJob, DescribeFHIRExportJob, ListFHIRExportJobs and
+//! CancelFHIRExportJob (the SDK has no cancel operation; HealthLake cancels through the FHIR
+//! API's `DELETE .../export/{jobId}`, which [`super::bulk`] serves with the same code).
+//!
+//! A job is recorded SUBMITTED, runs [`crate::export::export`] in the background
+//! (IN_PROGRESS with counters), and ends COMPLETED, FAILED (with a Message) or, when cancelled,
+//! CANCEL_COMPLETED. Output goes to `{S3Uri}/{datastoreId}-FHIR_EXPORT-{jobId}/`, with a
+//! `manifest.json` listing the files.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::jobs::local_location;
+use super::shapes;
+use super::{ControlError, ControlPlane, epoch_seconds, now};
+use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
+use crate::store::{Datastore, DatastoreStatus, Job, JobKind};
+
+/// The job's output directory under the output location.
+pub fn output_dir(base: &std::path::Path, ds_id: &str, job_id: &str) -> PathBuf {
+    base.join(format!("{ds_id}-FHIR_EXPORT-{job_id}"))
+}
+
+fn scope_json(scope: &ExportScope) -> Value {
+    match scope {
+        ExportScope::System => json!({"level": "system"}),
+        ExportScope::Patient => json!({"level": "patient"}),
+        ExportScope::Group(id) => json!({"level": "group", "group": id}),
+    }
+}
+
+impl ControlPlane {
+    /// Records and starts an export job of `ds` into `output` (a checked local directory).
+    /// `properties` carry what the caller wants to show later (the SDK request members, or
+    /// the FHIR kick-off URL).
+    pub(crate) async fn start_export_job(
+        &self,
+        ds: &Datastore,
+        request: ExportRequest,
+        output: PathBuf,
+        client_token: Option<String>,
+        mut properties: Value,
+    ) -> Result<Job, ControlError> {
+        if ds.status != DatastoreStatus::Active {
+            return Err(ControlError::Validation(format!(
+                "Datastore {} is {}; exports need an ACTIVE data store",
+                ds.id,
+                ds.status.as_str()
+            )));
+        }
+        properties["Export"] = json!({
+            "scope": scope_json(&request.scope),
+            "types": request.types,
+            "since": request.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "output": output.display().to_string(),
+        });
+        let job = Job {
+            job_id: uuid::Uuid::new_v4().simple().to_string(),
+            datastore_id: ds.id.clone(),
+            kind: JobKind::Export,
+            status: "SUBMITTED".into(),
+            submit_time: now(),
+            end_time: None,
+            client_token,
+            properties,
+        };
+        if let Err(running) = self.installation().store.insert_job(&job).await? {
+            return Err(ControlError::Conflict(format!(
+                "Datastore {} already has a running {} job ({}); one import or export runs \
+                 at a time per data store",
+                ds.id,
+                running.kind.as_str().to_lowercase(),
+                running.job_id
+            )));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.register_cancel(&job.job_id, cancel.clone());
+        let this = self.clone();
+        let (ds, running) = (ds.clone(), job.clone());
+        tokio::spawn(async move { this.run_export(running, ds, request, output, cancel).await });
+        Ok(job)
+    }
+
+    async fn run_export(
+        &self,
+        mut job: Job,
+        ds: Datastore,
+        request: ExportRequest,
+        output: PathBuf,
+        cancel: Arc<AtomicBool>,
+    ) {
+        let store = self.installation().store.clone();
+        job.status = "IN_PROGRESS".into();
+        let _ = store.update_job(&job).await;
+        let dir = output_dir(&output, &ds.id, &job.job_id);
+        let progress = Arc::new(ExportProgress::default());
+        let reporter = {
+            let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    job.properties["Progress"] = progress_json(&progress);
+                    // A cancel recorded meanwhile must not be overwritten.
+                    if let Ok(current) = store.job(&job.job_id).await {
+                        job.status = current.status;
+                    }
+                    let _ = store.update_job(&job).await;
+                }
+            })
+        };
+        let result = crate::export::export(
+            &store,
+            &ds,
+            &request,
+            &dir,
+            &ExportLimits::default(),
+            &progress,
+            &cancel,
+        )
+        .await;
+        reporter.abort();
+        self.unregister_cancel(&job.job_id);
+        job.properties["Progress"] = progress_json(&progress);
+        job.end_time = Some(now());
+        match result {
+            Ok(report) => {
+                if let Err(e) = report.write_manifest(&dir, &ds.id, Some(&job.job_id)).await {
+                    job.status = "FAILED".into();
+                    job.properties["Message"] = json!(format!("Export failed: {e}"));
+                } else {
+                    job.status = "COMPLETED".into();
+                    job.properties["TransactionTime"] = json!(report.transaction_time);
+                    job.properties["Output"] = json!(report.files_json());
+                }
+            }
+            Err(ExportError::Cancelled) => {
+                job.status = "CANCEL_COMPLETED".into();
+                job.properties["Message"] = json!(
+                    "The export was cancelled; files written \
+                     before the cancel are left in the output location."
+                );
+            }
+            Err(e) => {
+                job.status = "FAILED".into();
+                job.properties["Message"] = json!(format!("Export failed: {e}"));
+            }
+        }
+        if let Err(e) = store.update_job(&job).await {
+            tracing::error!(job = %job.job_id, "cannot record the end of an export: {e}");
+        }
+    }
+
+    /// Asks a running export to stop. Errors if the job is unknown or already finished.
+    pub(crate) async fn cancel_export_job(
+        &self,
+        ds_id: &str,
+        job_id: &str,
+    ) -> Result<Job, ControlError> {
+        let store = &self.installation().store;
+        let mut job = store.job(job_id).await?;
+        if job.datastore_id != ds_id || job.kind != JobKind::Export {
+            return Err(ControlError::ResourceNotFound(format!(
+                "Export job {job_id} not found in datastore {ds_id}"
+            )));
+        }
+        if !matches!(job.status.as_str(), "SUBMITTED" | "IN_PROGRESS") {
+            return Err(ControlError::Validation(format!(
+                "Export job {job_id} is {}; only a running job can be cancelled",
+                job.status
+            )));
+        }
+        match self.cancel_flag(job_id) {
+            Some(flag) => flag.store(true, Ordering::Relaxed),
+            None => {
+                return Err(ControlError::Conflict(format!(
+                    "Export job {job_id} is not running in this server"
+                )));
+            }
+        }
+        job.status = "CANCEL_SUBMITTED".into();
+        store.update_job(&job).await?;
+        Ok(job)
+    }
+
+    /// StartFHIRExportJob.
+    pub async fn start_export(&self, req: &Value) -> Result<Value, ControlError> {
+        let obj = shapes::object(req)?;
+        let ds_id = shapes::required_str(obj, "DatastoreId")?;
+        let (ds, _) = self.visible_datastore(ds_id).await?;
+        let s3 = &req["OutputDataConfig"]["S3Configuration"];
+        let output_uri = s3["S3Uri"]
+            .as_str()
+            .ok_or_else(|| shapes::missing("OutputDataConfig.S3Configuration.S3Uri"))?;
+        if s3["KmsKeyId"].as_str().is_none() {
+            return Err(shapes::missing("OutputDataConfig.S3Configuration.KmsKeyId"));
+        }
+        shapes::required_str(obj, "DataAccessRoleArn")?;
+        let job_name = match obj.get("JobName") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(shapes::name_field("JobName", v, 64)?),
+        };
+        let token = shapes::client_token(obj)?;
+        let store = &self.installation().store;
+        if let Some(token) = &token
+            && let Some(job) = store
+                .job_by_client_token(ds_id, JobKind::Export, token)
+                .await?
+        {
+            return Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}));
+        }
+        let output = local_location(
+            output_uri,
+            &self.config().allowed_roots,
+            "OutputDataConfig.S3Configuration.S3Uri",
+        )?;
+        let job = self
+            .start_export_job(
+                &ds,
+                ExportRequest::system(),
+                output,
+                token,
+                json!({
+                    "JobName": job_name,
+                    "OutputDataConfig": req["OutputDataConfig"],
+                    "DataAccessRoleArn": req["DataAccessRoleArn"],
+                }),
+            )
+            .await?;
+        Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}))
+    }
+
+    pub(crate) fn export_properties(job: &Job) -> Value {
+        let p = &job.properties;
+        let mut out = json!({
+            "JobId": job.job_id,
+            "JobStatus": job.status,
+            "SubmitTime": epoch_seconds(&job.submit_time),
+            "DatastoreId": job.datastore_id,
+            "OutputDataConfig": if p["OutputDataConfig"].is_null() {
+                json!({"S3Configuration": {"S3Uri": format!("file://{}", p["Export"]["output"].as_str().unwrap_or("")), "KmsKeyId": ""}})
+            } else {
+                p["OutputDataConfig"].clone()
+            },
+        });
+        if let Some(end) = &job.end_time {
+            out["EndTime"] = epoch_seconds(end);
+        }
+        for key in ["JobName", "Message", "DataAccessRoleArn"] {
+            if !p[key].is_null() {
+                out[key] = p[key].clone();
+            }
+        }
+        out
+    }
+
+    /// DescribeFHIRExportJob.
+    pub async fn describe_export(&self, req: &Value) -> Result<Value, ControlError> {
+        let job = self.job_of(req, JobKind::Export).await?;
+        Ok(json!({ "ExportJobProperties": Self::export_properties(&job) }))
+    }
+
+    /// CancelFHIRExportJob (a fhirlake addition; see the module documentation).
+    pub async fn cancel_export(&self, req: &Value) -> Result<Value, ControlError> {
+        let job = self.job_of(req, JobKind::Export).await?;
+        let job = self
+            .cancel_export_job(&job.datastore_id, &job.job_id)
+            .await?;
+        Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": job.datastore_id}))
+    }
+
+    /// ListFHIRExportJobs.
+    pub async fn list_exports(&self, req: &Value) -> Result<Value, ControlError> {
+        self.list_jobs_of(
+            req,
+            JobKind::Export,
+            Self::export_properties,
+            "ExportJobPropertiesList",
+        )
+        .await
+    }
+}
+
+fn progress_json(progress: &ExportProgress) -> Value {
+    json!({
+        "resources": progress.resources.load(Ordering::Relaxed),
+        "bytes": progress.bytes.load(Ordering::Relaxed),
+        "typesDone": progress.types_done.load(Ordering::Relaxed),
+        "typesTotal": progress.types_total.load(Ordering::Relaxed),
+    })
+}
