@@ -12,7 +12,8 @@ fi
   "pyiceberg[sql-sqlite]==0.12.0" "pyarrow==26.0.1" "duckdb==2.0.1" "requests==2.32.5" \
   "polars==2.1.0" "polars-iceberg==0.1.0" "pandas==3.1.1" "matplotlib==3.11.2" \
   "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0" \
-  "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0" "boto3==1.44.8"
+  "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0" "boto3==1.44.8" \
+  "moto[server]==5.2.5"
 
 BIN=target/debug/fhirlake
 DATA=target/interop-data
@@ -51,3 +52,8 @@ rm -rf target/interop-flight
 # stores, tags, import jobs, quotas, SigV4 (tests/interop/test_control.py).
 rm -rf target/interop-control
 "$VENV/bin/python" tests/interop/test_control.py "$BIN" target/interop-control
+
+# Import and export jobs on s3:// locations against moto's S3 server (started by the test on
+# loopback): inputs, reports and exports in buckets, allowed S3 roots (tests/interop/test_s3.py).
+rm -rf target/interop-s3
+"$VENV/bin/python" tests/interop/test_s3.py "$BIN" target/interop-s3

@@ -206,10 +206,15 @@ struct FlightArgs {
 /// Options of the control plane (data stores and jobs, HealthLake's AWS JSON API on `POST /`).
 #[derive(clap::Args)]
 struct ControlArgs {
-    /// A local directory import and export jobs may use (file:// URIs); repeatable. Jobs are
-    /// refused any other location.
-    #[arg(long = "allowed-root", value_name = "DIR", global = true)]
-    allowed_roots: Vec<PathBuf>,
+    /// A local directory (file:// URIs) or S3 prefix (s3://BUCKET/PREFIX, reached with the
+    /// AWS_* environment: AWS_ENDPOINT, AWS_REGION, keys) import and export jobs may use;
+    /// repeatable. Jobs are refused any other location.
+    #[arg(
+        long = "allowed-root",
+        value_name = "DIR|s3://BUCKET/PREFIX",
+        global = true
+    )]
+    allowed_roots: Vec<fhirlake::control::location::Root>,
     /// The Synthea sample loaded into data stores created with PreloadDataType SYNTHEA.
     #[arg(long, default_value = "data", global = true)]
     preload_dir: PathBuf,

@@ -25,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::export_jobs::output_dir;
-use super::jobs::local_location;
+use super::export_jobs::{output_name, recorded_output};
+use super::location::Location;
 use super::{ControlError, ControlPlane};
 use crate::export::{ExportRequest, ExportScope};
 use crate::outcome::{Issue, OperationOutcome, Severity};
@@ -254,7 +254,7 @@ async fn kick_off(
         }
     };
     let output = match config["OutputDataConfig"]["S3Configuration"]["S3Uri"].as_str() {
-        Some(uri) => match local_location(
+        Some(uri) => match Location::parse(
             uri,
             &c.config().allowed_roots,
             "OutputDataConfig.S3Configuration.S3Uri",
@@ -262,7 +262,7 @@ async fn kick_off(
             Ok(p) => p,
             Err(e) => return control_error(e),
         },
-        None => c.installation().data_dir.join("exports"),
+        None => Location::Local(c.installation().data_dir.join("exports")),
     };
     let registry = crate::schema::Registry::global();
     if let Some(unknown) = request
@@ -457,26 +457,34 @@ async fn file(
             format!("export job {job_id} has no file '{name}'"),
         );
     }
-    let output = std::path::PathBuf::from(
-        job.properties["Export"]["output"]
-            .as_str()
-            .unwrap_or_default(),
-    );
-    let path = output_dir(&output, &ds, &job_id).join(&name);
-    match tokio::fs::File::open(&path).await {
-        Ok(f) => {
-            let stream = tokio_util::io::ReaderStream::new(f);
-            let mut r = Body::from_stream(stream).into_response();
-            r.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/fhir+ndjson"),
-            );
-            r
-        }
-        Err(e) => outcome(
+    let gone = |e: &dyn std::fmt::Display| {
+        outcome(
             StatusCode::GONE,
             "not-found",
             format!("export file {name} is no longer available: {e}"),
-        ),
-    }
+        )
+    };
+    let output = recorded_output(&job);
+    let file = format!("{}/{name}", output_name(&ds, &job_id));
+    let stream = match output.strip_prefix("file://") {
+        Some(dir) => match tokio::fs::File::open(std::path::Path::new(dir).join(&file)).await {
+            Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+            Err(e) => return gone(&e),
+        },
+        // Checked against today's roots: a root removed since the export closes its files.
+        None => match Location::parse(&output, &c.config().allowed_roots, "output") {
+            Ok(Location::S3(prefix)) => match prefix.get(&file).await {
+                Ok(s) => Body::from_stream(s),
+                Err(e) => return gone(&e),
+            },
+            Ok(Location::Local(_)) => return gone(&"not an S3 location"),
+            Err(e) => return gone(&e),
+        },
+    };
+    let mut r = stream.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+ndjson"),
+    );
+    r
 }

@@ -5,7 +5,8 @@
 //! A job is recorded SUBMITTED, runs [`crate::export::export`] in the background
 //! (IN_PROGRESS with counters), and ends COMPLETED, FAILED (with a Message) or, when cancelled,
 //! CANCEL_COMPLETED. Output goes to `{S3Uri}/{datastoreId}-FHIR_EXPORT-{jobId}/`, with a
-//! `manifest.json` listing the files.
+//! `manifest.json` listing the files; an `s3://` output is written to the job's staging
+//! directory and uploaded once complete, so readers never see a partial export there.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,15 +15,28 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::jobs::local_location;
+use super::location::Location;
 use super::shapes;
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
 use crate::store::{Datastore, DatastoreStatus, Job, JobKind};
 
-/// The job's output directory under the output location.
-pub fn output_dir(base: &std::path::Path, ds_id: &str, job_id: &str) -> PathBuf {
-    base.join(format!("{ds_id}-FHIR_EXPORT-{job_id}"))
+/// The name of a job's output directory under its output location.
+pub fn output_name(ds_id: &str, job_id: &str) -> String {
+    format!("{ds_id}-FHIR_EXPORT-{job_id}")
+}
+
+/// The output location recorded for `job` (a URI; jobs recorded before S3 support hold a
+/// plain local path).
+pub(crate) fn recorded_output(job: &Job) -> String {
+    let output = job.properties["Export"]["output"]
+        .as_str()
+        .unwrap_or_default();
+    if output.starts_with('/') {
+        format!("file://{output}")
+    } else {
+        output.to_string()
+    }
 }
 
 fn scope_json(scope: &ExportScope) -> Value {
@@ -34,14 +48,14 @@ fn scope_json(scope: &ExportScope) -> Value {
 }
 
 impl ControlPlane {
-    /// Records and starts an export job of `ds` into `output` (a checked local directory).
+    /// Records and starts an export job of `ds` into `output` (a checked location).
     /// `properties` carry what the caller wants to show later (the SDK request members, or
     /// the FHIR kick-off URL).
     pub(crate) async fn start_export_job(
         &self,
         ds: &Datastore,
         request: ExportRequest,
-        output: PathBuf,
+        output: Location,
         client_token: Option<String>,
         mut properties: Value,
     ) -> Result<Job, ControlError> {
@@ -56,7 +70,7 @@ impl ControlPlane {
             "scope": scope_json(&request.scope),
             "types": request.types,
             "since": request.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-            "output": output.display().to_string(),
+            "output": output.uri(),
         });
         let job = Job {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
@@ -90,13 +104,18 @@ impl ControlPlane {
         mut job: Job,
         ds: Datastore,
         request: ExportRequest,
-        output: PathBuf,
+        output: Location,
         cancel: Arc<AtomicBool>,
     ) {
         let store = self.installation().store.clone();
         job.status = "IN_PROGRESS".into();
         let _ = store.update_job(&job).await;
-        let dir = output_dir(&output, &ds.id, &job.job_id);
+        let name = output_name(&ds.id, &job.job_id);
+        let staging = self.staging_dir(&job.job_id);
+        let dir: PathBuf = match &output {
+            Location::Local(base) => base.join(&name),
+            Location::S3(_) => staging.join(&name),
+        };
         let progress = Arc::new(ExportProgress::default());
         let reporter = {
             let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
@@ -126,27 +145,44 @@ impl ControlPlane {
         self.unregister_cancel(&job.job_id);
         job.properties["Progress"] = progress_json(&progress);
         job.end_time = Some(now());
+        // Err(None): cancelled; Err(Some(message)): failed.
+        let result: Result<_, Option<String>> = match result {
+            Ok(report) => match report.write_manifest(&dir, &ds.id, Some(&job.job_id)).await {
+                Err(e) => Err(Some(e.to_string())),
+                Ok(()) => match &output {
+                    Location::Local(_) => Ok(report),
+                    Location::S3(prefix) => match prefix.join(&name).upload_dir(&dir).await {
+                        Ok(_) => Ok(report),
+                        Err(e) => Err(Some(e.to_string())),
+                    },
+                },
+            },
+            Err(ExportError::Cancelled) => Err(None),
+            Err(e) => Err(Some(e.to_string())),
+        };
+        if staging.exists()
+            && let Err(e) = tokio::fs::remove_dir_all(&staging).await
+        {
+            tracing::warn!(job = %job.job_id, "cannot remove {}: {e}", staging.display());
+        }
         match result {
             Ok(report) => {
-                if let Err(e) = report.write_manifest(&dir, &ds.id, Some(&job.job_id)).await {
-                    job.status = "FAILED".into();
-                    job.properties["Message"] = json!(format!("Export failed: {e}"));
-                } else {
-                    job.status = "COMPLETED".into();
-                    job.properties["TransactionTime"] = json!(report.transaction_time);
-                    job.properties["Output"] = json!(report.files_json());
-                }
+                job.status = "COMPLETED".into();
+                job.properties["TransactionTime"] = json!(report.transaction_time);
+                job.properties["Output"] = json!(report.files_json());
             }
-            Err(ExportError::Cancelled) => {
-                job.status = "CANCEL_COMPLETED".into();
-                job.properties["Message"] = json!(
-                    "The export was cancelled; files written \
-                     before the cancel are left in the output location."
-                );
-            }
-            Err(e) => {
+            Err(Some(message)) => {
                 job.status = "FAILED".into();
-                job.properties["Message"] = json!(format!("Export failed: {e}"));
+                job.properties["Message"] = json!(format!("Export failed: {message}"));
+            }
+            Err(None) => {
+                job.status = "CANCEL_COMPLETED".into();
+                job.properties["Message"] = json!(match output {
+                    Location::Local(_) =>
+                        "The export was cancelled; files written before the cancel are left \
+                         in the output location.",
+                    Location::S3(_) => "The export was cancelled; nothing was uploaded.",
+                });
             }
         }
         if let Err(e) = store.update_job(&job).await {
@@ -212,7 +248,7 @@ impl ControlPlane {
         {
             return Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}));
         }
-        let output = local_location(
+        let output = Location::parse(
             output_uri,
             &self.config().allowed_roots,
             "OutputDataConfig.S3Configuration.S3Uri",
@@ -241,7 +277,7 @@ impl ControlPlane {
             "SubmitTime": epoch_seconds(&job.submit_time),
             "DatastoreId": job.datastore_id,
             "OutputDataConfig": if p["OutputDataConfig"].is_null() {
-                json!({"S3Configuration": {"S3Uri": format!("file://{}", p["Export"]["output"].as_str().unwrap_or("")), "KmsKeyId": ""}})
+                json!({"S3Configuration": {"S3Uri": recorded_output(job), "KmsKeyId": ""}})
             } else {
                 p["OutputDataConfig"].clone()
             },

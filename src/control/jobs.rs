@@ -6,16 +6,18 @@
 //! lines failed; see `FAILURE/`) or FAILED (with a Message). Jobs left unfinished by a crash
 //! or restart are marked FAILED when the control plane starts, never silently dropped.
 //!
-//! Locations are `file://` URIs under the configured allowed roots; `s3://` needs object
-//! storage support, which is not built yet, and is refused with a message saying so.
+//! Locations are `file://` or `s3://` URIs under the configured allowed roots
+//! ([`super::location`]); an S3 input is staged in the installation's `staging/` directory and
+//! the job's report uploaded to its S3 output when the job ends.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::location::{Location, Object};
 use super::shapes;
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::ingest::{ImportOptions, ImportProgress};
@@ -39,62 +41,33 @@ impl Default for ImportLimits {
     }
 }
 
-/// A `file://` URI as a local path inside one of `roots`, or why it may not be used.
-pub fn local_location(uri: &str, roots: &[PathBuf], member: &str) -> Result<PathBuf, ControlError> {
-    if uri.starts_with("s3://") {
-        return Err(ControlError::Validation(format!(
-            "{member} '{uri}': s3:// locations are not supported by this server yet; use a \
-             file:// URI under an allowed root"
-        )));
+/// Where jobs stage S3 data, under the installation's data directory.
+const STAGING_DIR: &str = "staging";
+
+/// Why an input of these (name, size) files breaks the job limits, if it does.
+fn limit_error(files: &[(String, u64)], limits: &ImportLimits) -> Option<String> {
+    let total: u64 = files.iter().map(|(_, s)| s).sum();
+    if files.is_empty() {
+        Some("The input location holds no .ndjson or .ndjson.gz files".to_string())
+    } else if files.len() > limits.max_files {
+        Some(format!(
+            "The input holds {} files; an import job reads at most {}",
+            files.len(),
+            limits.max_files
+        ))
+    } else if let Some((f, s)) = files.iter().find(|(_, s)| *s > limits.max_file_bytes) {
+        Some(format!(
+            "{f} is {s} bytes; files may be at most {} bytes",
+            limits.max_file_bytes
+        ))
+    } else if total > limits.max_total_bytes {
+        Some(format!(
+            "The input is {total} bytes; an import job reads at most {} bytes",
+            limits.max_total_bytes
+        ))
+    } else {
+        None
     }
-    let Some(path) = uri.strip_prefix("file://") else {
-        return Err(ControlError::Validation(format!(
-            "{member} '{uri}' must be a file:// URI"
-        )));
-    };
-    if roots.is_empty() {
-        return Err(ControlError::AccessDenied(format!(
-            "{member} '{uri}': no local locations are allowed; start the server with \
-             --allowed-root DIR"
-        )));
-    }
-    let path = PathBuf::from(path);
-    if !path.is_absolute()
-        || path
-            .components()
-            .any(|c| !matches!(c, Component::RootDir | Component::Normal(_)))
-    {
-        return Err(ControlError::Validation(format!(
-            "{member} '{uri}' must be an absolute path without '.' or '..'"
-        )));
-    }
-    // Resolve symbolic links before the check; a location that does not exist yet (an output
-    // prefix) is checked through its nearest existing ancestor.
-    let mut existing = path.as_path();
-    let mut rest = Vec::new();
-    while !existing.exists() {
-        if let Some(name) = existing.file_name() {
-            rest.push(name.to_os_string());
-        }
-        existing = existing.parent().unwrap_or(Path::new("/"));
-    }
-    let mut resolved = existing
-        .canonicalize()
-        .map_err(|e| ControlError::Validation(format!("{member} '{uri}': {e}")))?;
-    for part in rest.iter().rev() {
-        resolved.push(part);
-    }
-    let allowed = roots.iter().any(|root| {
-        root.canonicalize()
-            .map(|r| resolved.starts_with(r))
-            .unwrap_or(false)
-    });
-    if !allowed {
-        return Err(ControlError::AccessDenied(format!(
-            "{member} '{uri}' is outside the locations this server may use"
-        )));
-    }
-    Ok(resolved)
 }
 
 fn progress_report(progress: &ImportProgress, files: usize, bytes: u64) -> Value {
@@ -129,7 +102,19 @@ impl ControlPlane {
             });
             store.update_job(&job).await?;
         }
+        // Nothing runs yet: whatever interrupted jobs staged is garbage.
+        let staging = self.installation().data_dir.join(STAGING_DIR);
+        if staging.exists()
+            && let Err(e) = std::fs::remove_dir_all(&staging)
+        {
+            tracing::warn!("cannot clear {}: {e}", staging.display());
+        }
         Ok(jobs.len())
+    }
+
+    /// Where job `job_id` stages S3 input and output.
+    pub(super) fn staging_dir(&self, job_id: &str) -> PathBuf {
+        self.installation().data_dir.join(STAGING_DIR).join(job_id)
     }
 
     /// StartFHIRImportJob.
@@ -172,8 +157,8 @@ impl ControlPlane {
             return Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}));
         }
         let roots = &self.config().allowed_roots;
-        let input = local_location(input_uri, roots, "InputDataConfig.S3Uri")?;
-        let output = local_location(
+        let input = Location::parse(input_uri, roots, "InputDataConfig.S3Uri")?;
+        let output = Location::parse(
             output_uri,
             roots,
             "JobOutputDataConfig.S3Configuration.S3Uri",
@@ -211,74 +196,96 @@ impl ControlPlane {
         &self,
         mut job: Job,
         ds: crate::store::Datastore,
-        input: PathBuf,
-        output: PathBuf,
+        input: Location,
+        output: Location,
     ) {
-        let store = self.installation().store.clone();
-        let finish = |mut job: Job, status: &str, message: Option<String>| {
-            let store = store.clone();
-            let status = status.to_string();
-            async move {
-                job.status = status;
-                job.end_time = Some(now());
-                if let Some(m) = message {
-                    job.properties["Message"] = json!(m);
-                }
-                if let Err(e) = store.update_job(&job).await {
-                    tracing::error!(job = %job.job_id, "cannot record the end of a job: {e}");
-                }
-            }
+        let staging = self.staging_dir(&job.job_id);
+        let result = self
+            .import_job(&mut job, &ds, &input, &output, &staging)
+            .await;
+        if staging.exists()
+            && let Err(e) = tokio::fs::remove_dir_all(&staging).await
+        {
+            tracing::warn!(job = %job.job_id, "cannot remove {}: {e}", staging.display());
+        }
+        let (status, message) = match result {
+            Ok(status) => (status, None),
+            Err(message) => ("FAILED", Some(message)),
         };
-        let files = match crate::ingest::reader::input_files(&input) {
-            Ok(f) => f,
-            Err(e) => {
-                return finish(job, "FAILED", Some(format!("Cannot read the input: {e}"))).await;
+        job.status = status.to_string();
+        job.end_time = Some(now());
+        if let Some(m) = message {
+            job.properties["Message"] = json!(m);
+        }
+        if let Err(e) = self.installation().store.update_job(&job).await {
+            tracing::error!(job = %job.job_id, "cannot record the end of a job: {e}");
+        }
+    }
+
+    /// Runs an import job to its end status, or the message it failed with.
+    async fn import_job(
+        &self,
+        job: &mut Job,
+        ds: &crate::store::Datastore,
+        input: &Location,
+        output: &Location,
+        staging: &Path,
+    ) -> Result<&'static str, String> {
+        let store = self.installation().store.clone();
+        let cannot_read = |e: &dyn std::fmt::Display| format!("Cannot read the input: {e}");
+        // What the input holds, checked against the limits before anything is read.
+        let (input_dir, listing, objects) = match input {
+            Location::Local(path) => {
+                let files =
+                    crate::ingest::reader::input_files(path).map_err(|e| cannot_read(&e))?;
+                let listing: Vec<(String, u64)> = files
+                    .iter()
+                    .map(|f| {
+                        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+                        (f.display().to_string(), size)
+                    })
+                    .collect();
+                (path.clone(), listing, Vec::new())
+            }
+            Location::S3(prefix) => {
+                let objects: Vec<Object> = prefix
+                    .list()
+                    .await
+                    .map_err(|e| cannot_read(&e))?
+                    .into_iter()
+                    .filter(|o| crate::ingest::reader::is_ndjson_name(Path::new(&o.name)))
+                    .collect();
+                let listing = objects
+                    .iter()
+                    .map(|o| (input.join(&o.name).uri(), o.size))
+                    .collect();
+                (staging.join("input"), listing, objects)
             }
         };
         let limits = ImportLimits::default();
-        let sizes: Vec<u64> = files
-            .iter()
-            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-            .collect();
-        let total: u64 = sizes.iter().sum();
-        let limit_error = if files.is_empty() {
-            Some("The input location holds no .ndjson or .ndjson.gz files".to_string())
-        } else if files.len() > limits.max_files {
-            Some(format!(
-                "The input holds {} files; an import job reads at most {}",
-                files.len(),
-                limits.max_files
-            ))
-        } else if let Some((f, s)) = files
-            .iter()
-            .zip(&sizes)
-            .find(|(_, s)| **s > limits.max_file_bytes)
-        {
-            Some(format!(
-                "{} is {s} bytes; files may be at most {} bytes",
-                f.display(),
-                limits.max_file_bytes
-            ))
-        } else if total > limits.max_total_bytes {
-            Some(format!(
-                "The input is {total} bytes; an import job reads at most {} bytes",
-                limits.max_total_bytes
-            ))
-        } else {
-            None
-        };
-        if let Some(message) = limit_error {
-            return finish(job, "FAILED", Some(message)).await;
+        if let Some(message) = limit_error(&listing, &limits) {
+            return Err(message);
         }
+        let total: u64 = listing.iter().map(|(_, s)| s).sum();
+        let file_count = listing.len();
 
         job.status = "IN_PROGRESS".into();
-        let _ = store.update_job(&job).await;
-        let report_dir = output.join(format!("{}-FHIR_IMPORT-{}", ds.id, job.job_id));
+        let _ = store.update_job(job).await;
+        if let Location::S3(prefix) = input {
+            prefix
+                .download(&objects, &input_dir)
+                .await
+                .map_err(|e| cannot_read(&e))?;
+        }
+        let report_name = format!("{}-FHIR_IMPORT-{}", ds.id, job.job_id);
+        let report_dir = match output {
+            Location::Local(dir) => dir.join(&report_name),
+            Location::S3(_) => staging.join("output").join(&report_name),
+        };
         let progress = Arc::new(ImportProgress::default());
         // Counters reach DescribeFHIRImportJob every two seconds while the job runs.
         let reporter = {
             let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
-            let file_count = files.len();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -290,37 +297,33 @@ impl ControlPlane {
         };
         let result = crate::ingest::import(
             &store,
-            &ds,
-            &input,
-            &ImportOptions::new(report_dir),
+            ds,
+            &input_dir,
+            &ImportOptions::new(report_dir.clone()),
             progress.clone(),
         )
         .await;
         reporter.abort();
-        job.properties["JobProgressReport"] = progress_report(&progress, files.len(), total);
-        let report = match result {
-            Ok(r) => r,
-            Err(e) => return finish(job, "FAILED", Some(format!("Import failed: {e}"))).await,
-        };
-        // Done means queryable: wait for the data store's lake sync to commit everything.
-        if let Some(sync) = self.api().sync_handle(&ds.id)
-            && let Err(e) = sync.catch_up().await
-        {
-            return finish(
-                job,
-                "FAILED",
-                Some(format!(
-                    "The import could not be committed to the lake: {e}"
-                )),
-            )
-            .await;
+        job.properties["JobProgressReport"] = progress_report(&progress, file_count, total);
+        let report = result.map_err(|e| format!("Import failed: {e}"))?;
+        if let Location::S3(prefix) = output {
+            prefix
+                .join(&report_name)
+                .upload_dir(&report_dir)
+                .await
+                .map_err(|e| format!("Cannot write the job report: {e}"))?;
         }
-        let status = if report.failed() > 0 {
+        // Done means queryable: wait for the data store's lake sync to commit everything.
+        if let Some(sync) = self.api().sync_handle(&ds.id) {
+            sync.catch_up()
+                .await
+                .map_err(|e| format!("The import could not be committed to the lake: {e}"))?;
+        }
+        Ok(if report.failed() > 0 {
             "COMPLETED_WITH_ERRORS"
         } else {
             "COMPLETED"
-        };
-        finish(job, status, None).await
+        })
     }
 
     fn import_properties(job: &Job) -> Value {
@@ -414,35 +417,5 @@ impl ControlPlane {
             })
             .collect();
         Ok(shapes::paged(member, items, offset, max))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn locations_must_be_under_an_allowed_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("in");
-        std::fs::create_dir_all(&root).unwrap();
-        let roots = vec![root.clone()];
-        let inside = format!("file://{}/data", root.display());
-        assert!(local_location(&inside, &roots, "S3Uri").is_ok());
-        for bad in [
-            "file:///etc/passwd".to_string(),
-            format!("file://{}/../secret", root.display()),
-            format!("file://{}/new/../../x", root.display()),
-        ] {
-            assert!(local_location(&bad, &roots, "S3Uri").is_err(), "{bad}");
-        }
-        assert!(matches!(
-            local_location("s3://bucket/x", &roots, "S3Uri"),
-            Err(ControlError::Validation(_))
-        ));
-        assert!(matches!(
-            local_location(&inside, &[], "S3Uri"),
-            Err(ControlError::AccessDenied(_))
-        ));
     }
 }

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod error;
 pub mod export_jobs;
 pub mod jobs;
+pub mod location;
 mod shapes;
 pub mod sigv4;
 pub mod wire;
@@ -49,9 +50,9 @@ pub struct ControlConfig {
     pub max_datastores: usize,
     /// The Synthea sample loaded by `PreloadDataConfig: {PreloadDataType: SYNTHEA}`.
     pub preload_dir: PathBuf,
-    /// Local directories import jobs may read from and export jobs may write to (`file://`
-    /// URIs); anything else is refused.
-    pub allowed_roots: Vec<PathBuf>,
+    /// Local directories and S3 prefixes import jobs may read from and export jobs may
+    /// write to; anything else is refused.
+    pub allowed_roots: Vec<location::Root>,
     /// Minimum time between two CreateFHIRDatastore (and between two DeleteFHIRDatastore)
     /// calls; HealthLake allows one per minute. `None` disables the limit.
     pub create_delete_interval: Option<Duration>,

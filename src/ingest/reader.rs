@@ -74,7 +74,7 @@ pub fn input_files(path: &Path) -> Result<Vec<PathBuf>, InputError> {
 /// Whether a file in an input directory is data. `manifest.json` is what import and export
 /// jobs write next to their output, never data, so a directory written by an export imports
 /// as it is.
-fn is_ndjson_name(p: &Path) -> bool {
+pub fn is_ndjson_name(p: &Path) -> bool {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())

@@ -125,7 +125,7 @@ impl Control {
 
 fn open_config(dir: &std::path::Path) -> ControlConfig {
     ControlConfig {
-        allowed_roots: vec![dir.join("bucket")],
+        allowed_roots: vec![fhirlake::control::location::Root::Local(dir.join("bucket"))],
         create_delete_interval: None,
         max_datastores: 3,
         ..Default::default()
@@ -254,7 +254,8 @@ async fn data_store_life_cycle_and_import_job() {
         1
     );
 
-    // Locations outside the allowed root are refused; s3:// is not supported yet.
+    // Locations outside the allowed roots are refused, local or S3 (only a local root is
+    // configured here; tests/interop/test_s3.py covers S3 roots).
     let untokened = |input: &str| {
         let mut req = start(input.to_string(), output.clone());
         req.as_object_mut().unwrap().remove("ClientToken");
@@ -267,8 +268,8 @@ async fn data_store_life_cycle_and_import_job() {
     let (_, kind, message) = c
         .error("StartFHIRImportJob", untokened("s3://bucket/x/"))
         .await;
-    assert_eq!(kind, "ValidationException");
-    assert!(message.contains("s3://"), "{message}");
+    assert_eq!(kind, "AccessDeniedException");
+    assert!(message.contains("s3://bucket/x/"), "{message}");
 
     // Tags.
     let arn = created["DatastoreArn"].clone();

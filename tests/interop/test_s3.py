@@ -1,0 +1,285 @@
+"""Import and export jobs on S3 locations, the way HealthLake scripts name them: boto3's
+`healthlake` client drives fhirlake, whose jobs read and write an S3-compatible server (moto's,
+from PyPI, started here on loopback) through the standard AWS_* environment.
+
+Usage: test_s3.py FHIRLAKE_BIN WORK_DIR
+Run from the repository root (data/ must resolve). WORK_DIR is emptied and filled.
+Prints one line per check and 'N passed, N failed'; exits non-zero on failure.
+
+Covers ACC-27/28 with s3:// input and output (manifest.json, FAILURE/ lines in the bucket),
+allowed S3 roots (other prefixes and buckets refused), an unreachable bucket failing the job
+with a message, StartFHIRExportJob to s3:// (files and manifest uploaded, re-imported from S3
+into a second data store: the same SQL tables), and $export with an S3 OutputDataConfig whose
+output URLs the server streams back from the bucket.
+"""
+import gzip
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import boto3
+import botocore.config
+import botocore.exceptions
+import requests
+
+warnings.simplefilter("ignore")
+
+binary = os.path.abspath(sys.argv[1])
+work = pathlib.Path(sys.argv[2]).resolve()
+shutil.rmtree(work, ignore_errors=True)
+work.mkdir(parents=True)
+passed = failed = 0
+started = time.time()
+
+
+def check(name, ok, detail=""):
+    global passed, failed
+    passed += bool(ok)
+    failed += not ok
+    print(f"{'ok  ' if ok else 'FAIL'} {name} {'' if ok else detail}", flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3-compatible server.
+port = free_port()
+moto = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                         "-p", str(port)], stdout=subprocess.DEVNULL, stderr=open(work / "moto.log", "w"))
+s3_endpoint = f"http://127.0.0.1:{port}"
+for _ in range(100):
+    try:
+        requests.get(s3_endpoint, timeout=1)
+        break
+    except requests.ConnectionError:
+        time.sleep(0.1)
+keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                  aws_access_key_id="testing", aws_secret_access_key="testing")
+for bucket in ("hospital-in", "hospital-out", "not-allowed"):
+    s3.create_bucket(Bucket=bucket)
+
+
+def keys_under(bucket, prefix):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+
+def body(bucket, key):
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+# Inputs: the shipped 10-patient sample as it is (gzipped NDJSON), and ACC-28's 16 Patient
+# lines with lines 3, 5, 7, 9 and 15 broken.
+sample_dir = pathlib.Path("data/synthea3-10p")
+expected = {}
+for path in sorted(sample_dir.glob("*.ndjson.gz")):
+    s3.upload_file(str(path), "hospital-in", f"feeds/synthea/{path.name}")
+    with gzip.open(path, "rt") as f:
+        expected[path.name.split(".")[0]] = len({json.loads(l)["id"] for l in f if l.strip()})
+sample = [l for l in gzip.open("data/synthea-r4-100p/Patient.ndjson.gz", "rt").read().splitlines() if l]
+bad_lines = {
+    3: "{not json",
+    5: sample[4].replace('"resourceType":"Patient"', '"resourceType":"Patient123"'),
+    7: sample[6].replace('"id":', '"xid":', 1),
+    9: sample[8].replace('"gender":', '"xgender":', 1),
+    15: sample[14].replace('"id":"', '"id":"bad id ', 1),
+}
+s3.put_object(Bucket="hospital-in", Key="feeds/acc-28/patients.ndjson",
+              Body="".join(bad_lines.get(i, sample[i - 1]) + "\n" for i in range(1, 17)).encode())
+s3.put_object(Bucket="not-allowed", Key="x/patients.ndjson", Body=sample[0].encode())
+
+# fhirlake, allowed the input prefix and the output bucket (and a bucket that does not exist).
+env = dict(os.environ, **keys, AWS_ENDPOINT=s3_endpoint, AWS_ALLOW_HTTP="true")
+log = open(work / "serve.stderr", "w")
+server = subprocess.Popen(
+    [binary, "--data-dir", str(work / "data"), "serve", "--http", "127.0.0.1:0", "--flight-sql", "127.0.0.1:0",
+     "--allowed-root", "s3://hospital-in/feeds", "--allowed-root", "s3://hospital-out",
+     "--allowed-root", "s3://no-such-bucket", "--datastore-op-interval-secs", "0"],
+    stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+endpoint = grpc = None
+for line in server.stdout:
+    m = re.search(r"(http://[^/\s]+)/datastore/", line)
+    if m and endpoint is None:
+        endpoint = m.group(1)
+    m = re.search(r"Flight SQL endpoint: (grpc://\S+)", line)
+    if m:
+        grpc = m.group(1)
+    if endpoint and grpc:
+        break
+threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
+if not (endpoint and grpc):
+    server.kill()
+    moto.kill()
+    sys.exit(f"the server did not start (see {log.name})")
+print(f"# fhirlake at {endpoint}, S3 at {s3_endpoint}", flush=True)
+
+
+def wait(fn, member, seconds=300, **kw):
+    deadline = time.time() + seconds
+    props = {}
+    while time.time() < deadline:
+        props = fn(**kw)[member]
+        if props["JobStatus"] not in ("SUBMITTED", "IN_PROGRESS"):
+            return props
+        time.sleep(0.3)
+    return props
+
+
+def wait_active(hl, ds_id):
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if hl.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"] == "ACTIVE":
+            return
+        time.sleep(0.3)
+
+
+def start_import(hl, ds_id, uri, out="s3://hospital-out/import-reports/"):
+    return hl.start_fhir_import_job(
+        DatastoreId=ds_id, InputDataConfig={"S3Uri": uri},
+        JobOutputDataConfig={"S3Configuration": {"S3Uri": out, "KmsKeyId": "arn:aws:kms:us-east-1:000000000000:key/k"}},
+        DataAccessRoleArn="arn:aws:iam::000000000000:role/HealthLakeImport")
+
+
+def error_of(fn, **kw):
+    try:
+        fn(**kw)
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"], e.response["Error"]["Message"]
+    return None
+
+
+def sql(datastore, query):
+    kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": datastore}
+    with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute(query)
+        return cur.fetchall()
+
+
+try:
+    hl = boto3.client("healthlake", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="unchecked-on-loopback",
+                      config=botocore.config.Config(retries={"max_attempts": 1}))
+    a = hl.create_fhir_datastore(DatastoreName="from-s3", DatastoreTypeVersion="R4")["DatastoreId"]
+    wait_active(hl, a)
+
+    # ACC-27 with S3 locations: the 10-patient sample.
+    job = start_import(hl, a, "s3://hospital-in/feeds/synthea/")
+    props = wait(hl.describe_fhir_import_job, "ImportJobProperties", DatastoreId=a, JobId=job["JobId"])
+    report = props.get("JobProgressReport", {})
+    check("ACC-27 an import from s3:// completes; its counters cover every sample line",
+          props["JobStatus"] == "COMPLETED" and report.get("TotalNumberOfScannedFiles") == len(expected)
+          and report.get("TotalNumberOfResourcesImported") >= sum(expected.values()), props)
+    prefix = f"import-reports/{a}-FHIR_IMPORT-{job['JobId']}/"
+    manifest = json.loads(body("hospital-out", prefix + "manifest.json"))
+    check("the job's manifest.json is in the output bucket, every resource imported",
+          manifest.get("numberOfResourcesImportedSuccessfully") == report.get("TotalNumberOfResourcesImported")
+          and manifest.get("numberOfResourcesWithCustomerError") == 0, manifest)
+    counts = {t: sql("from_s3", f"SELECT count(*) FROM {t.lower()}")[0][0] for t in expected}
+    check("SQL over the imported store: every table has the sample's distinct ids",
+          counts == expected, {t: (counts[t], n) for t, n in expected.items() if counts[t] != n})
+    check("nothing of the job is left in the staging directory",
+          not any((work / "data" / "staging").glob("*/*")), list((work / "data" / "staging").glob("*/*")))
+
+    # ACC-28 with S3 locations: bad lines reported per line in the bucket.
+    job = start_import(hl, a, "s3://hospital-in/feeds/acc-28/patients.ndjson")
+    props = wait(hl.describe_fhir_import_job, "ImportJobProperties", DatastoreId=a, JobId=job["JobId"])
+    prefix = f"import-reports/{a}-FHIR_IMPORT-{job['JobId']}/"
+    written = keys_under("hospital-out", prefix)
+    rows = [json.loads(l) for l in body("hospital-out", prefix + "FAILURE/patients.ndjson").splitlines()] \
+        if prefix + "FAILURE/patients.ndjson" in written else []
+    check("ACC-28 from one S3 object: COMPLETED_WITH_ERRORS, FAILURE/patients.ndjson in the bucket "
+          "with lines 3, 5, 7, 9, 15",
+          props["JobStatus"] == "COMPLETED_WITH_ERRORS" and [r["lineId"] for r in rows] == [3, 5, 7, 9, 15]
+          and all(r["statusCode"] == 400 for r in rows), (props["JobStatus"], written))
+
+    # Only the allowed roots; a bucket that cannot be read fails the job with a message.
+    for uri, why in [("s3://hospital-in/other/", "another prefix of an allowed bucket"),
+                     ("s3://hospital-in/feeds-2/", "a prefix that only starts like the allowed one"),
+                     ("s3://not-allowed/x/", "a bucket outside the roots")]:
+        code = error_of(start_import, hl=hl, ds_id=a, uri=uri)
+        check(f"{why} is refused (AccessDeniedException)", code and code[0] == "AccessDeniedException", code)
+    code = error_of(start_import, hl=hl, ds_id=a, uri="s3://hospital-in/feeds/../../not-allowed/x/")
+    check("'..' in an S3 key is refused (ValidationException)", code and code[0] == "ValidationException", code)
+    job = start_import(hl, a, "s3://no-such-bucket/x/")
+    props = wait(hl.describe_fhir_import_job, "ImportJobProperties", DatastoreId=a, JobId=job["JobId"])
+    check("an input in a bucket that does not exist: FAILED with a message naming it",
+          props["JobStatus"] == "FAILED" and "no-such-bucket" in props.get("Message", ""), props)
+
+    # Export to S3, and the export imported from S3 into a second data store.
+    exp = hl.start_fhir_export_job(
+        JobName="to-s3", DatastoreId=a, DataAccessRoleArn="arn:aws:iam::000000000000:role/r",
+        OutputDataConfig={"S3Configuration": {"S3Uri": "s3://hospital-out/exports/", "KmsKeyId": "k"}})
+    eprops = wait(hl.describe_fhir_export_job, "ExportJobProperties", DatastoreId=a, JobId=exp["JobId"])
+    prefix = f"exports/{a}-FHIR_EXPORT-{exp['JobId']}/"
+    written = keys_under("hospital-out", prefix)
+    emanifest = json.loads(body("hospital-out", prefix + "manifest.json")) if prefix + "manifest.json" in written else {}
+    listed = sorted(prefix + o["name"] for o in emanifest.get("output", [])) + [prefix + "manifest.json"]
+    check("StartFHIRExportJob to s3://: COMPLETED; the bucket holds exactly the manifest's files",
+          eprops["JobStatus"] == "COMPLETED" and sorted(listed) == written
+          and eprops["OutputDataConfig"]["S3Configuration"]["S3Uri"] == "s3://hospital-out/exports/",
+          (eprops, written))
+    patients = [json.loads(l) for o in emanifest.get("output", []) if o["type"] == "Patient"
+                for l in body("hospital-out", prefix + o["name"]).splitlines()]
+    check("the exported Patient objects hold every patient once",
+          len(patients) == len({p["id"] for p in patients}) == counts["Patient"] + 11, len(patients))
+    b = hl.create_fhir_datastore(DatastoreName="copy", DatastoreTypeVersion="R4")["DatastoreId"]
+    wait_active(hl, b)
+    job = start_import(hl, b, f"s3://hospital-out/{prefix}", "s3://hospital-out/import-reports/")
+    props = wait(hl.describe_fhir_import_job, "ImportJobProperties", DatastoreId=b, JobId=job["JobId"])
+    check("the S3 export imports into another data store without errors", props["JobStatus"] == "COMPLETED", props)
+    diffs = []
+    for t in sorted({o["type"] for o in emanifest.get("output", [])}):
+        n_a, n_b, missing = sql("copy", f"SELECT (SELECT count(*) FROM from_s3.{t.lower()}), "
+                                        f"(SELECT count(*) FROM copy.{t.lower()}), (SELECT count(*) FROM "
+                                        f"(SELECT id FROM from_s3.{t.lower()} EXCEPT SELECT id FROM copy.{t.lower()}))")[0]
+        if not (n_a == n_b > 0 and missing == 0):
+            diffs.append((t, n_a, n_b, missing))
+    check("round trip through S3: every SQL table of the copy has the original's rows and ids", not diffs, diffs)
+
+    # $export with an S3 output: the status manifest's URLs stream the objects back.
+    base = hl.describe_fhir_datastore(DatastoreId=a)["DatastoreProperties"]["DatastoreEndpoint"]
+    r = requests.post(base + "$export?_type=Patient", headers={"Prefer": "respond-async", "Content-Type": "application/json"},
+                      data=json.dumps({"JobName": "bulk-s3", "DataAccessRoleArn": "arn:aws:iam::000000000000:role/r",
+                                       "OutputDataConfig": {"S3Configuration": {"S3Uri": "s3://hospital-out/bulk/",
+                                                                                "KmsKeyId": "k"}}}), timeout=10)
+    location = r.headers.get("Content-Location", "")
+    manifest = {}
+    deadline = time.time() + 120
+    while location and time.time() < deadline:
+        s = requests.get(location, timeout=10)
+        if s.status_code == 200:
+            manifest = s.json()
+            break
+        time.sleep(0.3)
+    outputs = manifest.get("output", [])
+    lines = [l for o in outputs for l in requests.get(o["url"], timeout=30).text.splitlines()]
+    job_id = location.rsplit("/", 1)[-1]
+    check("$export to s3://: the manifest's URLs serve the Patient objects written to the bucket",
+          r.status_code == 202 and outputs and len(lines) == sum(o["count"] for o in outputs) == len(patients)
+          and any(k.startswith(f"bulk/{a}-FHIR_EXPORT-{job_id}/Patient") for k in keys_under("hospital-out", "bulk/")),
+          (r.status_code, r.text[:200], manifest))
+finally:
+    server.terminate()
+    try:
+        server.wait(20)
+    except subprocess.TimeoutExpired:
+        server.kill()
+    moto.terminate()
+
+print(f"# {time.time() - started:.0f}s in all", flush=True)
+print(f"{passed} passed, {failed} failed")
+sys.exit(1 if failed else 0)
