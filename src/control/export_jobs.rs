@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::jobs::with_optional_members;
 use super::location::Location;
 use super::shapes;
 use super::{ControlError, ControlPlane, epoch_seconds, now};
@@ -282,14 +283,7 @@ impl ControlPlane {
                 p["OutputDataConfig"].clone()
             },
         });
-        if let Some(end) = &job.end_time {
-            out["EndTime"] = epoch_seconds(end);
-        }
-        for key in ["JobName", "Message", "DataAccessRoleArn"] {
-            if !p[key].is_null() {
-                out[key] = p[key].clone();
-            }
-        }
+        with_optional_members(&mut out, job, &["JobName", "Message", "DataAccessRoleArn"]);
         out
     }
 

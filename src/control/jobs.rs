@@ -41,6 +41,18 @@ impl Default for ImportLimits {
     }
 }
 
+/// Adds a job's EndTime and those of `keys` its properties hold to a job description.
+pub(super) fn with_optional_members(out: &mut Value, job: &Job, keys: &[&str]) {
+    if let Some(end) = &job.end_time {
+        out["EndTime"] = epoch_seconds(end);
+    }
+    for key in keys {
+        if !job.properties[*key].is_null() {
+            out[*key] = job.properties[*key].clone();
+        }
+    }
+}
+
 /// Where jobs stage S3 data, under the installation's data directory.
 const STAGING_DIR: &str = "staging";
 
@@ -337,14 +349,7 @@ impl ControlPlane {
             "JobOutputDataConfig": p["JobOutputDataConfig"],
             "DataAccessRoleArn": p["DataAccessRoleArn"],
         });
-        if let Some(end) = &job.end_time {
-            out["EndTime"] = epoch_seconds(end);
-        }
-        for key in ["JobName", "Message", "JobProgressReport"] {
-            if !p[key].is_null() {
-                out[key] = p[key].clone();
-            }
-        }
+        with_optional_members(&mut out, job, &["JobName", "Message", "JobProgressReport"]);
         out
     }
 

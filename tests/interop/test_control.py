@@ -16,17 +16,15 @@ import os
 import pathlib
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
 import warnings
 
 import adbc_driver_flightsql.dbapi as flight_sql
-import boto3
-import botocore.config
-import botocore.exceptions
 import requests
+
+from control_common import check, client, error_of, finish, stop_server
+import control_common
 
 warnings.simplefilter("ignore")
 
@@ -34,65 +32,12 @@ binary = os.path.abspath(sys.argv[1])
 work = pathlib.Path(sys.argv[2]).resolve()
 shutil.rmtree(work, ignore_errors=True)
 work.mkdir(parents=True)
-passed = failed = 0
-started = time.time()
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name} {'' if ok else detail}", flush=True)
 
 
 def start_server(data_dir, *extra):
-    log = open(work / f"serve-{data_dir.name}.stderr", "a")
-    proc = subprocess.Popen(
-        [binary, "--data-dir", str(data_dir), "serve", "--http", "127.0.0.1:0",
-         "--flight-sql", "127.0.0.1:0", "--allowed-root", str(work / "bucket"),
-         "--preload-dir", "data/synthea3-10p", *extra],
-        stdout=subprocess.PIPE, stderr=log, text=True)
-    http = grpc = None
-    for line in proc.stdout:
-        m = re.search(r"(http://[^/\s]+)/datastore/", line)
-        if m and http is None:
-            http = m.group(1)
-        m = re.search(r"Flight SQL endpoint: (grpc://\S+)", line)
-        if m:
-            grpc = m.group(1)
-        if http and grpc:
-            break
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()
-    if not (http and grpc):
-        proc.kill()
-        sys.exit(f"the server did not start (see {log.name})")
-    return proc, http, grpc
-
-
-def stop_server(proc):
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-def client(endpoint, **kw):
-    return boto3.client(
-        "healthlake", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id=kw.get("key", "AKIDEXAMPLE"),
-        aws_secret_access_key=kw.get("secret", "not-checked-on-loopback"),
-        config=botocore.config.Config(retries={"max_attempts": 1}))
-
-
-def error_of(fn, **kw):
-    """(code, message, HTTP status) of a ClientError, or None when the call succeeded."""
-    try:
-        fn(**kw)
-    except botocore.exceptions.ClientError as e:
-        return (e.response["Error"]["Code"], e.response["Error"]["Message"],
-                e.response["ResponseMetadata"]["HTTPStatusCode"])
-    return None
+    return control_common.start_server(
+        binary, data_dir, ["--allowed-root", str(work / "bucket"), "--preload-dir", "data/synthea3-10p", *extra],
+        work / f"serve-{data_dir.name}.stderr")
 
 
 def wait_status(hl, ds_id, want, seconds=180):
@@ -449,6 +394,4 @@ try:
 finally:
     stop_server(server)
 
-print(f"# {time.time() - started:.0f}s in all", flush=True)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

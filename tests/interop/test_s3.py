@@ -12,24 +12,23 @@ with a message, StartFHIRExportJob to s3:// (files and manifest uploaded, re-imp
 into a second data store: the same SQL tables), and $export with an S3 OutputDataConfig whose
 output URLs the server streams back from the bucket.
 """
+import atexit
 import gzip
 import json
 import os
 import pathlib
-import re
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import warnings
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import boto3
-import botocore.config
-import botocore.exceptions
 import requests
+
+from control_common import check, client, error_of, finish, start_server, stop_server
 
 warnings.simplefilter("ignore")
 
@@ -37,15 +36,6 @@ binary = os.path.abspath(sys.argv[1])
 work = pathlib.Path(sys.argv[2]).resolve()
 shutil.rmtree(work, ignore_errors=True)
 work.mkdir(parents=True)
-passed = failed = 0
-started = time.time()
-
-
-def check(name, ok, detail=""):
-    global passed, failed
-    passed += bool(ok)
-    failed += not ok
-    print(f"{'ok  ' if ok else 'FAIL'} {name} {'' if ok else detail}", flush=True)
 
 
 def free_port():
@@ -58,6 +48,7 @@ def free_port():
 port = free_port()
 moto = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
                          "-p", str(port)], stdout=subprocess.DEVNULL, stderr=open(work / "moto.log", "w"))
+atexit.register(moto.terminate)
 s3_endpoint = f"http://127.0.0.1:{port}"
 for _ in range(100):
     try:
@@ -103,27 +94,11 @@ s3.put_object(Bucket="not-allowed", Key="x/patients.ndjson", Body=sample[0].enco
 
 # fhirlake, allowed the input prefix and the output bucket (and a bucket that does not exist).
 env = dict(os.environ, **keys, AWS_ENDPOINT=s3_endpoint, AWS_ALLOW_HTTP="true")
-log = open(work / "serve.stderr", "w")
-server = subprocess.Popen(
-    [binary, "--data-dir", str(work / "data"), "serve", "--http", "127.0.0.1:0", "--flight-sql", "127.0.0.1:0",
-     "--allowed-root", "s3://hospital-in/feeds", "--allowed-root", "s3://hospital-out",
+server, endpoint, grpc = start_server(
+    binary, work / "data",
+    ["--allowed-root", "s3://hospital-in/feeds", "--allowed-root", "s3://hospital-out",
      "--allowed-root", "s3://no-such-bucket", "--datastore-op-interval-secs", "0"],
-    stdout=subprocess.PIPE, stderr=log, text=True, env=env)
-endpoint = grpc = None
-for line in server.stdout:
-    m = re.search(r"(http://[^/\s]+)/datastore/", line)
-    if m and endpoint is None:
-        endpoint = m.group(1)
-    m = re.search(r"Flight SQL endpoint: (grpc://\S+)", line)
-    if m:
-        grpc = m.group(1)
-    if endpoint and grpc:
-        break
-threading.Thread(target=lambda: [None for _ in server.stdout], daemon=True).start()
-if not (endpoint and grpc):
-    server.kill()
-    moto.kill()
-    sys.exit(f"the server did not start (see {log.name})")
+    work / "serve.stderr", env)
 print(f"# fhirlake at {endpoint}, S3 at {s3_endpoint}", flush=True)
 
 
@@ -153,14 +128,6 @@ def start_import(hl, ds_id, uri, out="s3://hospital-out/import-reports/"):
         DataAccessRoleArn="arn:aws:iam::000000000000:role/HealthLakeImport")
 
 
-def error_of(fn, **kw):
-    try:
-        fn(**kw)
-    except botocore.exceptions.ClientError as e:
-        return e.response["Error"]["Code"], e.response["Error"]["Message"]
-    return None
-
-
 def sql(datastore, query):
     kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": datastore}
     with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
@@ -170,9 +137,7 @@ def sql(datastore, query):
 
 
 try:
-    hl = boto3.client("healthlake", endpoint_url=endpoint, region_name="us-east-1",
-                      aws_access_key_id="AKIDEXAMPLE", aws_secret_access_key="unchecked-on-loopback",
-                      config=botocore.config.Config(retries={"max_attempts": 1}))
+    hl = client(endpoint)
     a = hl.create_fhir_datastore(DatastoreName="from-s3", DatastoreTypeVersion="R4")["DatastoreId"]
     wait_active(hl, a)
 
@@ -273,13 +238,7 @@ try:
           and any(k.startswith(f"bulk/{a}-FHIR_EXPORT-{job_id}/Patient") for k in keys_under("hospital-out", "bulk/")),
           (r.status_code, r.text[:200], manifest))
 finally:
-    server.terminate()
-    try:
-        server.wait(20)
-    except subprocess.TimeoutExpired:
-        server.kill()
+    stop_server(server)
     moto.terminate()
 
-print(f"# {time.time() - started:.0f}s in all", flush=True)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()
