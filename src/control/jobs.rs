@@ -269,7 +269,7 @@ impl ControlPlane {
                     .collect();
                 let listing = objects
                     .iter()
-                    .map(|o| (input.join(&o.name).uri(), o.size))
+                    .map(|o| (format!("s3://{}/{}", prefix.bucket, o.key), o.size))
                     .collect();
                 (staging.join("input"), listing, objects)
             }

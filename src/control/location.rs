@@ -151,14 +151,6 @@ impl Location {
             Location::S3(s) => format!("s3://{}/{}", s.bucket, s.key),
         }
     }
-
-    /// The location `name` below this one.
-    pub fn join(&self, name: &str) -> Location {
-        match self {
-            Location::Local(p) => Location::Local(p.join(name)),
-            Location::S3(s) => Location::S3(s.join(name)),
-        }
-    }
 }
 
 fn outside(member: &str, uri: &str) -> ControlError {
@@ -405,7 +397,8 @@ pub struct Object {
     /// Path relative to the listed prefix (`sub/Patient.ndjson`); the file name when the
     /// prefix names the object itself.
     pub name: String,
-    key: String,
+    /// The object's full key.
+    pub key: String,
     pub size: u64,
 }
 
