@@ -1,5 +1,6 @@
 //! The `fhirlake` command line.
 
+use fhirlake::control::location::S3Prefix;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ struct Cli {
 enum Command {
     /// Import FHIR NDJSON (a file or a directory of .ndjson/.ndjson.gz files).
     Import {
+        /// A file, a directory, or an s3:// prefix or object (AWS_* environment; staged
+        /// through the data directory).
         path: PathBuf,
         /// Data store to import into (created if missing; default: the installation's default).
         #[arg(long)]
@@ -55,7 +58,8 @@ enum Command {
     /// Export a data store's current resources as NDJSON (one file per type, rolled at
     /// --max-file-mb), from one point in time, with a manifest.json.
     Export {
-        /// Output directory (created).
+        /// Output directory (created), or an s3:// prefix (AWS_* environment; written to the
+        /// data directory's staging area and uploaded when complete).
         out: PathBuf,
         /// Data store (default: the installation's default).
         #[arg(long)]
@@ -330,7 +334,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             quiet,
         } => {
             let inst = Installation::open(&cli.data_dir).await?;
-            import(&inst, &path, datastore.as_deref(), quiet).await?;
+            match s3_uri(&path) {
+                Some(uri) => {
+                    let prefix = S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?;
+                    let staging = cli_staging_dir(&inst);
+                    let staged = prefix.stage_input(&staging).await;
+                    let result = match staged {
+                        Ok(0) => Err(anyhow::anyhow!(
+                            "{uri} holds no .ndjson, .ndjson.gz, .json or .jsonl objects"
+                        )),
+                        Ok(_) => import(&inst, &staging, datastore.as_deref(), quiet).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    let _ = std::fs::remove_dir_all(&staging);
+                    result?;
+                }
+                None => import(&inst, &path, datastore.as_deref(), quiet).await?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Export {
@@ -345,6 +365,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use fhirlake::export::{ExportRequest, ExportScope};
             let inst = Installation::open(&cli.data_dir).await?;
             let ds = inst.datastore(datastore.as_deref()).await?;
+            // An s3:// output is written to a staging directory and uploaded once complete.
+            let upload = match s3_uri(&out) {
+                Some(uri) => Some(S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            let dir = match upload {
+                Some(_) => cli_staging_dir(&inst),
+                None => out.clone(),
+            };
             let request = ExportRequest {
                 scope: match (patient, group) {
                     (_, Some(g)) => ExportScope::Group(g),
@@ -358,15 +387,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &inst.store,
                 &ds,
                 &request,
-                &out,
+                &dir,
                 &fhirlake::export::ExportLimits {
                     max_file_bytes: max_file_mb.max(1) << 20,
                 },
                 &Default::default(),
                 &std::sync::atomic::AtomicBool::new(false),
             )
-            .await?;
-            report.write_manifest(&out, &ds.id, None).await?;
+            .await;
+            let written = match report {
+                Ok(report) => report
+                    .write_manifest(&dir, &ds.id, None)
+                    .await
+                    .map(|()| report)
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e.into()),
+            };
+            let uploaded = match (&written, &upload) {
+                (Ok(_), Some(prefix)) => prefix.upload_dir(&dir).await.map(|_| ()),
+                _ => Ok(()),
+            };
+            if upload.is_some() {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+            let report = written?;
+            uploaded?;
             let seconds = report.seconds;
             println!(
                 "Exported {} resources ({:.1} MB) in {} files to {} in {seconds:.1} s \
@@ -637,6 +682,19 @@ async fn repl(
 }
 
 /// Imports `path` and commits it to the lake, with progress and a summary.
+/// `path` as an `s3://` URI, if it is one.
+fn s3_uri(path: &Path) -> Option<&str> {
+    path.to_str().filter(|p| p.starts_with("s3://"))
+}
+
+/// A fresh directory for one CLI command's S3 staging; apart from the server's job staging,
+/// which a starting server clears.
+fn cli_staging_dir(inst: &Installation) -> PathBuf {
+    inst.data_dir
+        .join("cli-staging")
+        .join(uuid::Uuid::new_v4().simple().to_string())
+}
+
 async fn import(
     inst: &Installation,
     path: &Path,

@@ -124,17 +124,9 @@ impl Location {
             if !allowed {
                 return Err(outside(member, uri));
             }
-            let store = AmazonS3Builder::from_env()
-                .with_bucket_name(&bucket)
-                .build()
-                .map_err(|e| {
-                    ControlError::Validation(format!("{member} '{uri}': cannot reach S3: {e}"))
-                })?;
-            return Ok(Location::S3(S3Prefix {
-                bucket,
-                key,
-                store: Arc::new(store),
-            }));
+            return S3Prefix::from_uri(uri)
+                .map(Location::S3)
+                .map_err(|e| ControlError::Validation(format!("{member} {e}")));
         }
         let Some(path) = uri.strip_prefix("file://") else {
             return Err(ControlError::Validation(format!(
@@ -224,6 +216,33 @@ impl S3Prefix {
             key: key.trim_matches('/').to_string(),
             store,
         }
+    }
+
+    /// The prefix an `s3://bucket/key` URI names, reached with the AWS_* environment (no
+    /// allowed-root check: for the operator's own CLI; servers go through [`Location::parse`]).
+    pub fn from_uri(uri: &str) -> Result<S3Prefix, String> {
+        let rest = uri
+            .strip_prefix("s3://")
+            .ok_or_else(|| format!("'{uri}' is not an s3:// URI"))?;
+        let (bucket, key) = split_s3(rest).map_err(|e| format!("'{uri}': {e}"))?;
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(&bucket)
+            .build()
+            .map_err(|e| format!("'{uri}': cannot reach S3: {e}"))?;
+        Ok(S3Prefix::new(&bucket, &key, Arc::new(store)))
+    }
+
+    /// Downloads the NDJSON objects under the prefix into `dir` (for an import); returns how
+    /// many.
+    pub async fn stage_input(&self, dir: &Path) -> Result<usize, TransferError> {
+        let objects: Vec<Object> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|o| crate::ingest::reader::is_ndjson_name(Path::new(&o.name)))
+            .collect();
+        self.download(&objects, dir).await?;
+        Ok(objects.len())
     }
 
     pub fn join(&self, name: &str) -> S3Prefix {

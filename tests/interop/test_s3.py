@@ -237,6 +237,28 @@ try:
           r.status_code == 202 and outputs and len(lines) == sum(o["count"] for o in outputs) == len(patients)
           and any(k.startswith(f"bulk/{a}-FHIR_EXPORT-{job_id}/Patient") for k in keys_under("hospital-out", "bulk/")),
           (r.status_code, r.text[:200], manifest))
+
+    # The CLI takes s3:// too: `fhirlake import s3://...` and `fhirlake export s3://...`.
+    cli = [binary, "--data-dir", str(work / "cli")]
+    r = subprocess.run(cli + ["import", "s3://hospital-in/feeds/synthea/", "--quiet"], env=env,
+                       capture_output=True, text=True)
+    out = subprocess.run(cli + ["sql", "--format", "csv", "-e", "SELECT count(*) FROM patient"], env=env,
+                         capture_output=True, text=True).stdout.split()
+    check("fhirlake import s3://prefix/: SQL sees the sample's patients",
+          r.returncode == 0 and out[-1:] == [str(expected["Patient"])], (r.stderr[-500:], out))
+    r = subprocess.run(cli + ["export", "s3://hospital-out/cli-export", "--type", "Patient"], env=env,
+                       capture_output=True, text=True)
+    written = keys_under("hospital-out", "cli-export/")
+    lines = body("hospital-out", "cli-export/Patient-1.ndjson").splitlines() if "cli-export/Patient-1.ndjson" in written else []
+    check("fhirlake export s3://prefix --type Patient: the objects and manifest are in the bucket",
+          r.returncode == 0 and written == ["cli-export/Patient-1.ndjson", "cli-export/manifest.json"]
+          and len(lines) == expected["Patient"], (r.stderr[-500:], written))
+    r = subprocess.run(cli + ["import", "s3://hospital-in/nothing-here/", "--quiet"], env=env,
+                       capture_output=True, text=True)
+    check("fhirlake import of an empty S3 prefix fails with a message naming it",
+          r.returncode != 0 and "s3://hospital-in/nothing-here/" in r.stderr, r.stderr[-300:])
+    check("the CLI leaves no staging behind", not any((work / "cli" / "cli-staging").glob("*")),
+          list((work / "cli" / "cli-staging").glob("*")))
 finally:
     stop_server(server)
     moto.terminate()
