@@ -1,8 +1,9 @@
-# Shared set-up of the wrk benchmarks (sourced by scripts/bench-rest.sh and
-# scripts/bench-search.sh, from the repository root).
+# Shared set-up of the benchmarks (sourced by scripts/bench-rest.sh, bench-search.sh and
+# bench-export.sh, from the repository root).
 #
 # Sets DATA (the NDJSON directory: $1 or the shared 585-patient set, else the shipped sample)
-# and BIN (FHIRLAKE_BIN, else a fresh release build), and installs wrk when absent.
+# and BIN (FHIRLAKE_BIN, else a fresh release build); with BENCH_NEEDS_WRK=1, installs wrk
+# when absent.
 
 DATA=${1:-../shared/data/synthea-r4-585p}
 if [ ! -d "$DATA" ]; then
@@ -17,7 +18,7 @@ else
   BIN=$PWD/target/release/fhirlake
 fi
 
-if ! command -v wrk >/dev/null; then
+if [ "${BENCH_NEEDS_WRK:-}" = 1 ] && ! command -v wrk >/dev/null; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; fi
   $SUDO apt-get install -y wrk || { $SUDO apt-get update && $SUDO apt-get install -y wrk; }

@@ -12,17 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SCALE=${SCALE:-10}
 
-DATA=${1:-../shared/data/synthea-r4-585p}
-if [ ! -d "$DATA" ]; then
-  echo "NOTE: $DATA is absent (the shared Synthea data); using the shipped sample data/synthea-r4-100p"
-  DATA=data/synthea-r4-100p
-fi
-if [ -n "${FHIRLAKE_BIN:-}" ]; then
-  BIN=$FHIRLAKE_BIN
-else
-  cargo build --release --bin fhirlake
-  BIN=$PWD/target/release/fhirlake
-fi
+# shellcheck source=scripts/bench-common.sh
+source scripts/bench-common.sh
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/fhirlake-bench-export.XXXXXX")
 cleanup() {

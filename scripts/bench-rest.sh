@@ -23,6 +23,7 @@ ENTRIES=${ENTRIES:-100}
 TIMEOUT=${TIMEOUT:-30s}
 READ_IDS=1000
 
+BENCH_NEEDS_WRK=1
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
 

@@ -15,6 +15,7 @@ DURATION=${DURATION:-15s}
 SCALE=${SCALE:-10}
 THREADS=$(nproc)
 
+BENCH_NEEDS_WRK=1
 # shellcheck source=scripts/bench-common.sh
 source scripts/bench-common.sh
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::jobs::with_optional_members;
+use super::jobs::{StartRequest, with_optional_members};
 use super::location::Location;
 use super::shapes;
 use super::{ControlError, ControlPlane, epoch_seconds, now};
@@ -228,29 +228,19 @@ impl ControlPlane {
         let obj = shapes::object(req)?;
         let ds_id = shapes::required_str(obj, "DatastoreId")?;
         let (ds, _) = self.visible_datastore(ds_id).await?;
-        let s3 = &req["OutputDataConfig"]["S3Configuration"];
-        let output_uri = s3["S3Uri"]
-            .as_str()
-            .ok_or_else(|| shapes::missing("OutputDataConfig.S3Configuration.S3Uri"))?;
-        if s3["KmsKeyId"].as_str().is_none() {
-            return Err(shapes::missing("OutputDataConfig.S3Configuration.KmsKeyId"));
-        }
-        shapes::required_str(obj, "DataAccessRoleArn")?;
-        let job_name = match obj.get("JobName") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(shapes::name_field("JobName", v, 64)?),
-        };
-        let token = shapes::client_token(obj)?;
-        let store = &self.installation().store;
-        if let Some(token) = &token
-            && let Some(job) = store
-                .job_by_client_token(ds_id, JobKind::Export, token)
-                .await?
+        let (output_uri, job_name, token) = match self
+            .job_request(req, "OutputDataConfig", ds_id, JobKind::Export)
+            .await?
         {
-            return Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}));
-        }
+            StartRequest::New {
+                output_uri,
+                job_name,
+                token,
+            } => (output_uri, job_name, token),
+            StartRequest::Started(response) => return Ok(response),
+        };
         let output = Location::parse(
-            output_uri,
+            &output_uri,
             &self.config().allowed_roots,
             "OutputDataConfig.S3Configuration.S3Uri",
         )?;

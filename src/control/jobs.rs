@@ -41,6 +41,18 @@ impl Default for ImportLimits {
     }
 }
 
+/// A checked job start request.
+pub(super) enum StartRequest {
+    /// A new job: its output URI, JobName and ClientToken.
+    New {
+        output_uri: String,
+        job_name: Option<String>,
+        token: Option<String>,
+    },
+    /// The response of the job an earlier request with the same ClientToken started.
+    Started(Value),
+}
+
 /// Adds a job's EndTime and those of `keys` its properties hold to a job description.
 pub(super) fn with_optional_members(out: &mut Value, job: &Job, keys: &[&str]) {
     if let Some(end) = &job.end_time {
@@ -124,6 +136,51 @@ impl ControlPlane {
         Ok(jobs.len())
     }
 
+    /// Checks the members StartFHIRImportJob and StartFHIRExportJob share: the output
+    /// location under `output_member` (with its KmsKeyId), DataAccessRoleArn, JobName and
+    /// ClientToken. A token an earlier request of `kind` used answers with that job.
+    pub(super) async fn job_request(
+        &self,
+        req: &Value,
+        output_member: &str,
+        ds_id: &str,
+        kind: JobKind,
+    ) -> Result<StartRequest, ControlError> {
+        let obj = shapes::object(req)?;
+        let s3 = &req[output_member]["S3Configuration"];
+        let output_uri = s3["S3Uri"]
+            .as_str()
+            .ok_or_else(|| shapes::missing(&format!("{output_member}.S3Configuration.S3Uri")))?
+            .to_string();
+        if s3["KmsKeyId"].as_str().is_none() {
+            return Err(shapes::missing(&format!(
+                "{output_member}.S3Configuration.KmsKeyId"
+            )));
+        }
+        shapes::required_str(obj, "DataAccessRoleArn")?;
+        let job_name = match obj.get("JobName") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(shapes::name_field("JobName", v, 64)?),
+        };
+        let token = shapes::client_token(obj)?;
+        if let Some(token) = &token
+            && let Some(job) = self
+                .installation()
+                .store
+                .job_by_client_token(ds_id, kind, token)
+                .await?
+        {
+            return Ok(StartRequest::Started(
+                json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}),
+            ));
+        }
+        Ok(StartRequest::New {
+            output_uri,
+            job_name,
+            token,
+        })
+    }
+
     /// Where job `job_id` stages S3 input and output.
     pub(super) fn staging_dir(&self, job_id: &str) -> PathBuf {
         self.installation().data_dir.join(STAGING_DIR).join(job_id)
@@ -143,35 +200,22 @@ impl ControlPlane {
         let input_uri = req["InputDataConfig"]["S3Uri"]
             .as_str()
             .ok_or_else(|| shapes::missing("InputDataConfig.S3Uri"))?;
-        let output_uri = req["JobOutputDataConfig"]["S3Configuration"]["S3Uri"]
-            .as_str()
-            .ok_or_else(|| shapes::missing("JobOutputDataConfig.S3Configuration.S3Uri"))?;
-        if req["JobOutputDataConfig"]["S3Configuration"]["KmsKeyId"]
-            .as_str()
-            .is_none()
+        let (output_uri, job_name, token) = match self
+            .job_request(req, "JobOutputDataConfig", ds_id, JobKind::Import)
+            .await?
         {
-            return Err(shapes::missing(
-                "JobOutputDataConfig.S3Configuration.KmsKeyId",
-            ));
-        }
-        shapes::required_str(obj, "DataAccessRoleArn")?;
-        let job_name = match obj.get("JobName") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(shapes::name_field("JobName", v, 64)?),
+            StartRequest::New {
+                output_uri,
+                job_name,
+                token,
+            } => (output_uri, job_name, token),
+            StartRequest::Started(response) => return Ok(response),
         };
-        let token = shapes::client_token(obj)?;
         let store = &self.installation().store;
-        if let Some(token) = &token
-            && let Some(job) = store
-                .job_by_client_token(ds_id, JobKind::Import, token)
-                .await?
-        {
-            return Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}));
-        }
         let roots = &self.config().allowed_roots;
         let input = Location::parse(input_uri, roots, "InputDataConfig.S3Uri")?;
         let output = Location::parse(
-            output_uri,
+            &output_uri,
             roots,
             "JobOutputDataConfig.S3Configuration.S3Uri",
         )?;

@@ -1,14 +1,17 @@
 """What the control-plane interop tests (test_control.py, test_s3.py) share: check lines, a
 fhirlake server on loopback, boto3's healthlake client and its errors."""
+import gzip
 import re
 import subprocess
 import sys
 import threading
 import time
 
+import adbc_driver_flightsql.dbapi as flight_sql
 import boto3
 import botocore.config
 import botocore.exceptions
+import requests
 
 counts = {"passed": 0, "failed": 0}
 started = time.time()
@@ -73,3 +76,37 @@ def error_of(fn, **kw):
         return (e.response["Error"]["Code"], e.response["Error"]["Message"],
                 e.response["ResponseMetadata"]["HTTPStatusCode"])
     return None
+
+
+def acc28_lines():
+    """ACC-28's input: 16 Patient lines from the shipped sample, lines 3, 5, 7, 9 and 15 broken
+    (bad JSON, unknown type, no id, unknown element, invalid id). Returns (lines, the sample)."""
+    sample = [l for l in gzip.open("data/synthea-r4-100p/Patient.ndjson.gz", "rt").read().splitlines() if l]
+    bad = {
+        3: "{not json",
+        5: sample[4].replace('"resourceType":"Patient"', '"resourceType":"Patient123"'),
+        7: sample[6].replace('"id":', '"xid":', 1),
+        9: sample[8].replace('"gender":', '"xgender":', 1),
+        15: sample[14].replace('"id":"', '"id":"bad id ', 1),
+    }
+    return [bad.get(i, sample[i - 1]) for i in range(1, 17)], sample
+
+
+def poll_bulk_status(location, seconds=120):
+    """Polls a Bulk Data status URL until 200; returns its manifest ({} on timeout)."""
+    deadline = time.time() + seconds
+    while location and time.time() < deadline:
+        s = requests.get(location, timeout=10)
+        if s.status_code == 200:
+            return s.json()
+        time.sleep(0.3)
+    return {}
+
+
+def sql(grpc, datastore, query):
+    """Rows of `query` over Flight SQL (ADBC), with `datastore` as the session's data store."""
+    kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": datastore}
+    with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
+        cur = conn.cursor()
+        cur.execute(query)
+        return cur.fetchall()

@@ -20,10 +20,9 @@ import sys
 import time
 import warnings
 
-import adbc_driver_flightsql.dbapi as flight_sql
 import requests
 
-from control_common import check, client, error_of, finish, stop_server
+from control_common import acc28_lines, check, client, error_of, finish, poll_bulk_status, sql, stop_server
 import control_common
 
 warnings.simplefilter("ignore")
@@ -63,28 +62,16 @@ def wait_job(hl, ds_id, job_id, seconds=300):
 
 
 def sql_count(grpc, datastore, table):
-    kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": datastore}
-    with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
-        cur = conn.cursor()
-        cur.execute(f"SELECT count(*) FROM {table}")
-        return cur.fetchone()[0]
+    return sql(grpc, datastore, f"SELECT count(*) FROM {table}")[0][0]
 
 
 # ACC-28's input: 16 Patient lines from the shipped sample, lines 3, 5, 7, 9 and 15 broken.
-sample = [l for l in gzip.open("data/synthea-r4-100p/Patient.ndjson.gz", "rt").read().splitlines() if l]
-bad_lines = {
-    3: "{not json",
-    5: sample[4].replace('"resourceType":"Patient"', '"resourceType":"Patient123"'),
-    7: sample[6].replace('"id":', '"xid":', 1),
-    9: sample[8].replace('"gender":', '"xgender":', 1),
-    15: sample[14].replace('"id":"', '"id":"bad id ', 1),
-}
+acc28, sample = acc28_lines()
 (work / "bucket" / "input").mkdir(parents=True)
 (work / "bucket" / "output").mkdir(parents=True)
 (work / "outside").mkdir()
 with open(work / "bucket" / "input" / "patients.ndjson", "w") as f:
-    for i in range(1, 17):
-        f.write(bad_lines.get(i, sample[i - 1]) + "\n")
+    f.write("".join(line + "\n" for line in acc28))
 
 data = work / "data"
 server, endpoint, grpc = start_server(data, "--datastore-op-interval-secs", "0", "--max-datastores", "4")
@@ -331,12 +318,9 @@ try:
     check("the export imports into another data store without errors", iprops["JobStatus"] == "COMPLETED", iprops)
     same = []
     for t in types:
-        kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": "copy"}
-        with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
-            cur = conn.cursor()
-            cur.execute(f"SELECT (SELECT count(*) FROM preloaded.{t.lower()}), (SELECT count(*) FROM copy.{t.lower()}), "
-                        f"(SELECT count(*) FROM (SELECT id FROM preloaded.{t.lower()} EXCEPT SELECT id FROM copy.{t.lower()}))")
-            a, b, missing = cur.fetchone()
+        a, b, missing = sql(grpc, "copy",
+                            f"SELECT (SELECT count(*) FROM preloaded.{t.lower()}), (SELECT count(*) FROM copy.{t.lower()}), "
+                            f"(SELECT count(*) FROM (SELECT id FROM preloaded.{t.lower()} EXCEPT SELECT id FROM copy.{t.lower()}))")[0]
         same.append((t, a, b, missing))
     check("round trip: every SQL table of the copy has the original's row count and ids",
           all(a == b and a > 0 and m == 0 for _, a, b, m in same), same)
@@ -349,14 +333,7 @@ try:
     check("ACC-30 $export kick-off: 202, Content-Location .../r4/export/{jobId}, jobStatus SUBMITTED",
           r.status_code == 202 and "/r4/export/" in location and r.json().get("jobStatus") == "SUBMITTED",
           f"{r.status_code} {r.text[:200]}")
-    manifest = {}
-    deadline = time.time() + 120
-    while time.time() < deadline and location:
-        s = requests.get(location, timeout=10)
-        if s.status_code == 200:
-            manifest = s.json()
-            break
-        time.sleep(0.3)
+    manifest = poll_bulk_status(location)
     outputs = manifest.get("output", [])
     check("ACC-30 polling ends in 200 with a Bulk Data manifest of Patient and Condition files",
           {o["type"] for o in outputs} == {"Patient", "Condition"} and "transactionTime" in manifest

@@ -24,11 +24,11 @@ import sys
 import time
 import warnings
 
-import adbc_driver_flightsql.dbapi as flight_sql
 import boto3
 import requests
 
-from control_common import check, client, error_of, finish, start_server, stop_server
+from control_common import acc28_lines, check, client, error_of, finish, poll_bulk_status, start_server, stop_server
+import control_common
 
 warnings.simplefilter("ignore")
 
@@ -80,16 +80,9 @@ for path in sorted(sample_dir.glob("*.ndjson.gz")):
     s3.upload_file(str(path), "hospital-in", f"feeds/synthea/{path.name}")
     with gzip.open(path, "rt") as f:
         expected[path.name.split(".")[0]] = len({json.loads(l)["id"] for l in f if l.strip()})
-sample = [l for l in gzip.open("data/synthea-r4-100p/Patient.ndjson.gz", "rt").read().splitlines() if l]
-bad_lines = {
-    3: "{not json",
-    5: sample[4].replace('"resourceType":"Patient"', '"resourceType":"Patient123"'),
-    7: sample[6].replace('"id":', '"xid":', 1),
-    9: sample[8].replace('"gender":', '"xgender":', 1),
-    15: sample[14].replace('"id":"', '"id":"bad id ', 1),
-}
+acc28, sample = acc28_lines()
 s3.put_object(Bucket="hospital-in", Key="feeds/acc-28/patients.ndjson",
-              Body="".join(bad_lines.get(i, sample[i - 1]) + "\n" for i in range(1, 17)).encode())
+              Body="".join(line + "\n" for line in acc28).encode())
 s3.put_object(Bucket="not-allowed", Key="x/patients.ndjson", Body=sample[0].encode())
 
 # fhirlake, allowed the input prefix and the output bucket (and a bucket that does not exist).
@@ -129,11 +122,7 @@ def start_import(hl, ds_id, uri, out="s3://hospital-out/import-reports/"):
 
 
 def sql(datastore, query):
-    kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": datastore}
-    with flight_sql.connect(grpc, db_kwargs=kw, autocommit=True) as conn:
-        cur = conn.cursor()
-        cur.execute(query)
-        return cur.fetchall()
+    return control_common.sql(grpc, datastore, query)
 
 
 try:
@@ -222,14 +211,7 @@ try:
                                        "OutputDataConfig": {"S3Configuration": {"S3Uri": "s3://hospital-out/bulk/",
                                                                                 "KmsKeyId": "k"}}}), timeout=10)
     location = r.headers.get("Content-Location", "")
-    manifest = {}
-    deadline = time.time() + 120
-    while location and time.time() < deadline:
-        s = requests.get(location, timeout=10)
-        if s.status_code == 200:
-            manifest = s.json()
-            break
-        time.sleep(0.3)
+    manifest = poll_bulk_status(location)
     outputs = manifest.get("output", [])
     lines = [l for o in outputs for l in requests.get(o["url"], timeout=30).text.splitlines()]
     job_id = location.rsplit("/", 1)[-1]
