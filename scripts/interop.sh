@@ -55,6 +55,8 @@ rm -rf target/interop-control
 "$VENV/bin/python" tests/interop/test_control.py "$BIN" target/interop-control
 
 # Import and export jobs on s3:// locations against moto's S3 server (started by the test on
-# loopback): inputs, reports and exports in buckets, allowed S3 roots (tests/interop/test_s3.py).
+# loopback): inputs, reports and exports in buckets, allowed S3 roots; and an installation whose
+# Iceberg warehouse is in a bucket (import, SQL, search, deletes, export, pyiceberg, purge)
+# (tests/interop/test_s3.py).
 rm -rf target/interop-s3
 "$VENV/bin/python" tests/interop/test_s3.py "$BIN" target/interop-s3

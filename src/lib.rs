@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod installation;
 pub mod lake;
 pub mod outcome;
+pub mod s3;
 pub mod schema;
 pub mod search;
 pub mod sql;

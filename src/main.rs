@@ -14,6 +14,7 @@ use fhirlake::cli::local::local_backend;
 use fhirlake::cli::{OutputFormat, ReplOptions, run_repl, run_statements};
 use fhirlake::ingest::{self, ImportOptions, ImportProgress};
 use fhirlake::installation::Installation;
+use fhirlake::lake::Warehouse;
 use fhirlake::lake::background::BackgroundSync;
 use fhirlake::lake::compact::{CompactionPolicy, compact_table};
 use fhirlake::lake::sync::{BatchLimits, sync_datastore};
@@ -37,6 +38,11 @@ struct Cli {
         default_value = "./fhirlake-data"
     )]
     data_dir: PathBuf,
+    /// Where the Iceberg tables live: a directory or s3://bucket/prefix (AWS_* environment).
+    /// Recorded in <data-dir>/fhirlake.json by the first command that creates the
+    /// installation; default <data-dir>/warehouse.
+    #[arg(long, global = true, env = "FHIRLAKE_WAREHOUSE", value_parser = Warehouse::parse)]
+    warehouse: Option<Warehouse>,
     #[command(subcommand)]
     command: Command,
 }
@@ -333,7 +339,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             datastore,
             quiet,
         } => {
-            let inst = Installation::open(&cli.data_dir).await?;
+            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
             match s3_uri(&path) {
                 Some(uri) => {
                     let prefix = S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?;
@@ -363,7 +369,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             max_file_mb,
         } => {
             use fhirlake::export::{ExportRequest, ExportScope};
-            let inst = Installation::open(&cli.data_dir).await?;
+            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
             let ds = inst.datastore(datastore.as_deref()).await?;
             // An s3:// output is written to a staging directory and uploaded once complete.
             let upload = match s3_uri(&out) {
@@ -470,7 +476,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )
                 }
                 None => {
-                    let inst = Installation::open(&cli.data_dir).await?;
+                    let inst =
+                        Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
                     let ds = inst.datastore(datastore.as_deref()).await?;
                     let history = inst.data_dir.join("sql_history");
                     (local_backend(inst, &ds).await?, Some(history))
@@ -492,7 +499,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             flight,
             control,
         } => {
-            let inst = Installation::open(&cli.data_dir).await?;
+            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
             // Make sure the default data store exists, so a fresh installation serves it.
             inst.datastore(None).await?;
             let config = fhirlake::api::ApiConfig {
@@ -507,7 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
             control,
         } => {
-            let inst = Installation::open(&cli.data_dir).await?;
+            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
             // Endpoints point at where `fhirlake serve` listens by default.
             let http: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
             let api = fhirlake::api::ApiState::detached(
@@ -535,7 +542,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { sample } => {
-            let inst = Installation::open(&cli.data_dir).await?;
+            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
             let ds = inst.datastore(None).await?;
             if inst.store.current_counts(&ds.id).await?.is_empty() {
                 println!("Loading the Synthea sample from {} …", sample.display());
@@ -551,7 +558,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Compact { datastore } => {
-            let inst = Installation::open(&cli.data_dir).await?;
+            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
             let ds = inst.datastore(datastore.as_deref()).await?;
             sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default()).await?;
             for name in inst.lake.table_names(&ds.name).await? {

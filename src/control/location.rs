@@ -36,7 +36,7 @@ impl FromStr for Root {
 
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, prefix) = split_s3(rest).map_err(|e| format!("'{s}': {e}"))?;
+            let (bucket, prefix) = crate::s3::split_uri(rest).map_err(|e| format!("'{s}': {e}"))?;
             Ok(Root::S3 { bucket, prefix })
         } else {
             Ok(Root::Local(PathBuf::from(
@@ -53,28 +53,6 @@ impl fmt::Display for Root {
             Root::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
         }
     }
-}
-
-/// `bucket/key/...` as (bucket, key without leading or trailing slashes), refusing empty,
-/// `.` and `..` segments so a key cannot step outside the prefix it names.
-fn split_s3(rest: &str) -> Result<(String, String), String> {
-    let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-    let valid_bucket = (3..=63).contains(&bucket.len())
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');
-    if !valid_bucket {
-        return Err(format!("'{bucket}' is not an S3 bucket name"));
-    }
-    let key = key.trim_end_matches('/');
-    if !key.is_empty()
-        && key
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-    {
-        return Err("the key may not hold empty, '.' or '..' segments".into());
-    }
-    Ok((bucket.to_string(), key.to_string()))
 }
 
 /// A checked job location.
@@ -110,7 +88,7 @@ impl Location {
             )));
         }
         if let Some(rest) = uri.strip_prefix("s3://") {
-            let (bucket, key) = split_s3(rest)
+            let (bucket, key) = crate::s3::split_uri(rest)
                 .map_err(|e| ControlError::Validation(format!("{member} '{uri}': {e}")))?;
             let allowed = roots.iter().any(|root| match root {
                 Root::S3 { bucket: b, prefix } => {
@@ -224,7 +202,7 @@ impl S3Prefix {
         let rest = uri
             .strip_prefix("s3://")
             .ok_or_else(|| format!("'{uri}' is not an s3:// URI"))?;
-        let (bucket, key) = split_s3(rest).map_err(|e| format!("'{uri}': {e}"))?;
+        let (bucket, key) = crate::s3::split_uri(rest).map_err(|e| format!("'{uri}': {e}"))?;
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(&bucket)
             .build()

@@ -5,7 +5,7 @@
 //! [`crate::sql::SqlEngine`]. What this module adds is the protocol (arrow-flight's
 //! [`FlightSqlService`](arrow_flight::sql::server::FlightSqlService) trait, implemented in
 //! [`service`]), authentication ([`auth`]), per-query limits, cancellation and per-connection
-//! data store selection ([`state`]).
+//! data store selection (`state`).
 //!
 //! Choosing a data store: the `x-fhirlake-datastore` call header (a connection property in
 //! ADBC and JDBC), or `USE name` in a session kept by cookie; otherwise the installation's

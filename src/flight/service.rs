@@ -4,7 +4,7 @@
 //! A statement is planned when the client asks for its `FlightInfo` (so syntax errors,
 //! unknown tables and writes are refused there, with the schema known up front) and planned
 //! again and executed when the client fetches the ticket. Tickets carry the statement, its
-//! data store and a query id (see [`QueryTicket`]); results stream batch by batch as the
+//! data store and a query id (see `QueryTicket`); results stream batch by batch as the
 //! client reads, so a result never has to fit in server memory.
 
 use std::collections::HashMap;

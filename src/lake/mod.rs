@@ -1,7 +1,8 @@
 //! The lake: one Iceberg table per resource type and data store, derived from the store.
 //!
-//! [`Lake`] owns the Iceberg SQL catalog (sqlite) and the warehouse directory; [`sync`] moves
-//! store changes into the tables through the [`commit`] module, exactly once.
+//! [`Lake`] owns the Iceberg SQL catalog (sqlite) and the [`Warehouse`] (a local directory or
+//! an S3 prefix); [`sync`] moves store changes into the tables through the [`commit`] module,
+//! exactly once.
 
 pub mod background;
 pub mod commit;
@@ -10,6 +11,7 @@ pub mod flatten;
 pub mod provider;
 pub mod scan;
 pub mod sync;
+pub mod warehouse;
 pub mod write;
 
 use std::collections::HashMap;
@@ -17,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use iceberg::io::LocalFsStorageFactory;
+use iceberg::io::{FileIO, FileIOBuilder};
 use iceberg::table::Table;
 use iceberg::{Catalog, CatalogBuilder, NamespaceIdent, TableCreation, TableIdent};
 use iceberg_catalog_sql::{SqlCatalog, SqlCatalogBuilder};
@@ -26,6 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use crate::schema::{Registry, SchemaError};
 
 pub use commit::{CommitError, Committer, TableChanges, WATERMARK_PROPERTY};
+pub use warehouse::Warehouse;
 
 /// Name of the Iceberg catalog in the catalog database (pyiceberg's `SqlCatalog(name)`).
 pub const CATALOG_NAME: &str = "fhirlake";
@@ -60,7 +63,9 @@ pub enum LakeError {
 pub struct Lake {
     catalog: Arc<SqlCatalog>,
     committer: Committer,
-    warehouse: PathBuf,
+    warehouse: Warehouse,
+    /// The warehouse's storage, for deleting a dropped data store's files.
+    file_io: FileIO,
     /// Loaded tables by identifier. An entry is used only while the catalog still points at
     /// its metadata file, so it saves re-reading and re-parsing the (large, for wide types)
     /// metadata JSON on every scan and search without ever serving a stale snapshot.
@@ -68,14 +73,20 @@ pub struct Lake {
 }
 
 impl Lake {
-    /// Opens the catalog database `catalog_db` (created if missing) with its warehouse in
-    /// `warehouse`.
-    pub async fn open(catalog_db: &Path, warehouse: &Path) -> Result<Self, LakeError> {
-        std::fs::create_dir_all(warehouse)
-            .map_err(|e| LakeError::Warehouse(warehouse.to_path_buf(), e))?;
-        let warehouse = warehouse
-            .canonicalize()
-            .map_err(|e| LakeError::Warehouse(warehouse.to_path_buf(), e))?;
+    /// Opens the catalog database `catalog_db` (created if missing) with its tables in
+    /// `warehouse` (a local directory is created and made absolute).
+    pub async fn open(catalog_db: &Path, warehouse: &Warehouse) -> Result<Self, LakeError> {
+        let warehouse = match warehouse {
+            Warehouse::Local(dir) => {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| LakeError::Warehouse(dir.to_path_buf(), e))?;
+                Warehouse::Local(
+                    dir.canonicalize()
+                        .map_err(|e| LakeError::Warehouse(dir.to_path_buf(), e))?,
+                )
+            }
+            other => other.clone(),
+        };
         // Our own pool on the catalog database, for the commit module's pointer swap. WAL lets
         // readers (SQL queries, pyiceberg) proceed while a commit writes.
         let options = SqliteConnectOptions::from_str("sqlite://")?
@@ -88,26 +99,29 @@ impl Lake {
             .connect_with(options)
             .await?;
         let uri = format!("sqlite:{}", catalog_db.display());
+        // The catalog hands its properties to the FileIO of every table it loads, so the
+        // storage settings travel with them.
+        let storage = warehouse.file_io_props();
+        let mut props = storage.clone();
+        props.extend([
+            ("uri".to_string(), uri),
+            ("warehouse".to_string(), warehouse.uri()),
+            ("sql_bind_style".to_string(), "QMark".to_string()),
+        ]);
         let catalog = SqlCatalogBuilder::default()
-            .with_storage_factory(Arc::new(LocalFsStorageFactory))
-            .load(
-                CATALOG_NAME,
-                HashMap::from([
-                    ("uri".to_string(), uri),
-                    (
-                        "warehouse".to_string(),
-                        format!("file://{}", warehouse.display()),
-                    ),
-                    ("sql_bind_style".to_string(), "QMark".to_string()),
-                ]),
-            )
+            .with_storage_factory(warehouse.storage_factory())
+            .load(CATALOG_NAME, props)
             .await?;
+        let file_io = FileIOBuilder::new(warehouse.storage_factory())
+            .with_props(storage)
+            .build();
         let catalog = Arc::new(catalog);
         let committer = Committer::new(catalog.clone(), pool, CATALOG_NAME.to_string());
         Ok(Self {
             catalog,
             committer,
             warehouse,
+            file_io,
             tables: Default::default(),
         })
     }
@@ -120,7 +134,7 @@ impl Lake {
         &self.committer
     }
 
-    pub fn warehouse(&self) -> &Path {
+    pub fn warehouse(&self) -> &Warehouse {
         &self.warehouse
     }
 
@@ -205,9 +219,9 @@ impl Lake {
         }
     }
 
-    /// Drops every table of a data store and its namespace, and deletes their files (the
-    /// namespace's directory in the warehouse). Dropping a data store that has no tables is
-    /// not an error.
+    /// Drops every table of a data store and its namespace, and deletes their files (every
+    /// object under the namespace's location in the warehouse). Dropping a data store that
+    /// has no tables is not an error.
     pub async fn drop_datastore(&self, datastore: &str) -> Result<(), LakeError> {
         let ns = NamespaceIdent::new(datastore.to_string());
         if self.catalog.namespace_exists(&ns).await? {
@@ -217,10 +231,16 @@ impl Lake {
             }
             self.catalog.drop_namespace(&ns).await?;
         }
-        let dir = self.warehouse.join(datastore);
-        if dir.starts_with(&self.warehouse) && dir != self.warehouse && dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| LakeError::Warehouse(dir.clone(), e))?;
+        // Data store names are SQL identifiers; refuse anything that could name a location
+        // outside the namespace's own.
+        if datastore.is_empty() || datastore.contains(['/', '\\']) || datastore.starts_with('.') {
+            return Err(LakeError::Background(format!(
+                "not purging '{datastore}': not a namespace name"
+            )));
         }
+        self.file_io
+            .delete_prefix(self.warehouse.namespace_uri(datastore))
+            .await?;
         Ok(())
     }
 

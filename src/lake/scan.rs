@@ -8,6 +8,10 @@
 //! parsed footer, and decodes only the Parquet leaves the caller asks for, keeping recently
 //! decoded leaves in memory within a budget. Rows removed by position deletes are skipped
 //! with a row selection.
+//!
+//! Files in a local warehouse are read with blocking file I/O, the fastest path; files in an
+//! object store (an S3 warehouse) through the table's iceberg FileIO, fetching only the
+//! footer and the byte ranges of the wanted column chunks.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -16,30 +20,61 @@ use std::sync::{Arc, Mutex};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use futures::TryStreamExt;
+use iceberg::arrow::ArrowFileReader;
+use iceberg::io::{FileIO, FileMetadata};
 use iceberg::spec::DataContentType;
 use iceberg::table::Table;
-use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
     RowSelector,
 };
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::file::reader::ChunkReader;
 
 use super::LakeError;
 
 /// One live data file of a snapshot.
 #[derive(Debug)]
 pub struct ScanFile {
-    /// Local path of the Parquet file.
+    /// Local path of the Parquet file, or its URI when it is in an object store.
     pub path: String,
+    /// Size in bytes, from the manifest.
+    pub size: u64,
+    /// Whether `path` is a local file (else it is read through the table's FileIO).
+    pub local: bool,
     /// Positions removed by position deletes, sorted.
     pub deleted: Vec<i64>,
 }
 
 /// The data files of one snapshot.
-#[derive(Debug)]
 pub struct SnapshotFiles {
     pub snapshot_id: i64,
     pub files: Vec<ScanFile>,
+    /// The table's storage, for files not on the local file system.
+    file_io: FileIO,
+    /// The runtime object-store reads run on; scans themselves run on blocking threads.
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for SnapshotFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotFiles")
+            .field("snapshot_id", &self.snapshot_id)
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotFiles {
+    /// An async reader of a file in an object store.
+    fn remote(&self, file: &ScanFile) -> Result<ArrowFileReader, LakeError> {
+        let input = self.file_io.new_input(&file.path)?;
+        let reader = self.runtime.block_on(input.reader())?;
+        Ok(ArrowFileReader::new(
+            FileMetadata { size: file.size },
+            reader,
+        ))
+    }
 }
 
 /// Narrows a scan to candidate rows found through one column (an index lookup).
@@ -122,8 +157,13 @@ impl BatchCache {
 const MAX_PLANS: usize = 256;
 const MAX_FOOTERS: usize = 2048;
 
-fn local_path(uri: &str) -> &str {
-    uri.strip_prefix("file://").unwrap_or(uri)
+/// The local path of a file URI, or `None` for a file in an object store.
+fn local_path(uri: &str) -> Option<&str> {
+    match uri.strip_prefix("file://") {
+        Some(path) => Some(path),
+        None if !uri.contains("://") => Some(uri),
+        None => None,
+    }
 }
 
 fn lake_err(what: &str, e: impl std::fmt::Display) -> LakeError {
@@ -178,12 +218,26 @@ impl LeafScanner {
                 let by_file = match delete_cache.get(&d.file_path) {
                     Some(m) => m.clone(),
                     None => {
-                        let path = d.file_path.clone();
-                        let m = Arc::new(
-                            tokio::task::spawn_blocking(move || read_position_deletes(&path))
+                        let uri = d.file_path.clone();
+                        let parsed = match local_path(&uri) {
+                            Some(path) => {
+                                let path = path.to_string();
+                                tokio::task::spawn_blocking(move || {
+                                    let file = File::open(&path).map_err(|e| lake_err(&uri, e))?;
+                                    read_position_deletes(&uri, file)
+                                })
                                 .await
-                                .map_err(|e| lake_err("delete reader", e))??,
-                        );
+                            }
+                            None => {
+                                // Delete files are small: fetched whole.
+                                let bytes = table.file_io().new_input(&uri)?.read().await?;
+                                tokio::task::spawn_blocking(move || {
+                                    read_position_deletes(&uri, bytes)
+                                })
+                                .await
+                            }
+                        };
+                        let m = Arc::new(parsed.map_err(|e| lake_err("delete reader", e))??);
                         delete_cache.insert(d.file_path.clone(), m.clone());
                         m
                     }
@@ -194,12 +248,23 @@ impl LeafScanner {
             }
             deleted.sort_unstable();
             deleted.dedup();
+            let (path, local) = match local_path(&task.data_file_path) {
+                Some(path) => (path.to_string(), true),
+                None => (task.data_file_path.clone(), false),
+            };
             files.push(ScanFile {
-                path: local_path(&task.data_file_path).to_string(),
+                path,
+                size: task.file_size_in_bytes,
+                local,
                 deleted,
             });
         }
-        let plan = Arc::new(SnapshotFiles { snapshot_id, files });
+        let plan = Arc::new(SnapshotFiles {
+            snapshot_id,
+            files,
+            file_io: table.file_io().clone(),
+            runtime: tokio::runtime::Handle::current(),
+        });
         let mut plans = self.plans.lock().expect("plan cache");
         if plans.len() >= MAX_PLANS {
             plans.clear();
@@ -210,6 +275,9 @@ impl LeafScanner {
 
     /// Reads the leaves `wanted` selects (by their dotted FHIR path, list wrappers removed)
     /// from every live row of `files`, calling `visit` with each batch.
+    ///
+    /// Blocking: call it from a blocking thread (`spawn_blocking`), never on an async worker,
+    /// since reads from an object store wait on the runtime that planned `files`.
     pub fn scan(
         &self,
         files: &SnapshotFiles,
@@ -235,7 +303,7 @@ impl LeafScanner {
             let Footer {
                 metadata,
                 leaf_paths,
-            } = self.footer(&file.path)?;
+            } = self.footer(files, file)?;
             let schema = metadata.metadata().file_metadata().schema_descr();
             // Leaves grouped by top-level column: each column is decoded and cached on its
             // own, so searches reading different column sets share what they have in common.
@@ -258,7 +326,7 @@ impl LeafScanner {
                     }) else {
                         return Err(lake_err(&file.path, "the probe column is not read"));
                     };
-                    let batches = self.column(file, &metadata, leaves.clone())?;
+                    let batches = self.column(files, file, &metadata, leaves.clone())?;
                     let key = format!("{}#{}#{}", file.path, file.deleted.len(), probe.id);
                     let found = (probe.candidates)(&key, &batches)?;
                     if found.is_empty() {
@@ -269,7 +337,7 @@ impl LeafScanner {
             };
             let mut columns = Vec::with_capacity(groups.len());
             for (_, leaves) in groups {
-                columns.push(self.column(file, &metadata, leaves)?);
+                columns.push(self.column(files, file, &metadata, leaves)?);
             }
             let Some(first) = columns.first() else {
                 continue;
@@ -316,6 +384,7 @@ impl LeafScanner {
     /// The live rows of one top-level column (only `leaves` of it), decoded or cached.
     fn column(
         &self,
+        files: &SnapshotFiles,
         file: &ScanFile,
         metadata: &ArrowReaderMetadata,
         leaves: Vec<usize>,
@@ -326,20 +395,37 @@ impl LeafScanner {
         }
         let schema = metadata.metadata().file_metadata().schema_descr();
         let rows = metadata.metadata().file_metadata().num_rows() as usize;
-        let handle = File::open(&file.path).map_err(|e| lake_err(&file.path, e))?;
-        let mut builder =
-            ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
-                .with_projection(ProjectionMask::leaves(schema, leaves))
-                .with_batch_size(BATCH_ROWS);
-        if !file.deleted.is_empty() {
-            builder = builder.with_row_selection(selection(&file.deleted, rows));
-        }
-        let reader = builder.build().map_err(|e| lake_err(&file.path, e))?;
-        let batches = Arc::new(
+        let projection = ProjectionMask::leaves(schema, leaves);
+        let skip = (!file.deleted.is_empty()).then(|| selection(&file.deleted, rows));
+        let batches = if file.local {
+            let handle = File::open(&file.path).map_err(|e| lake_err(&file.path, e))?;
+            let mut builder =
+                ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
+                    .with_projection(projection)
+                    .with_batch_size(BATCH_ROWS);
+            if let Some(skip) = skip {
+                builder = builder.with_row_selection(skip);
+            }
+            let reader = builder.build().map_err(|e| lake_err(&file.path, e))?;
             reader
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| lake_err(&file.path, e))?,
-        );
+                .map_err(|e| lake_err(&file.path, e))?
+        } else {
+            let reader = files.remote(file)?;
+            let mut builder =
+                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata.clone())
+                    .with_projection(projection)
+                    .with_batch_size(BATCH_ROWS);
+            if let Some(skip) = skip {
+                builder = builder.with_row_selection(skip);
+            }
+            let stream = builder.build().map_err(|e| lake_err(&file.path, e))?;
+            files
+                .runtime
+                .block_on(stream.try_collect::<Vec<_>>())
+                .map_err(|e| lake_err(&file.path, e))?
+        };
+        let batches = Arc::new(batches);
         self.batches
             .lock()
             .expect("batch cache")
@@ -347,13 +433,22 @@ impl LeafScanner {
         Ok(batches)
     }
 
-    fn footer(&self, path: &str) -> Result<Footer, LakeError> {
+    fn footer(&self, files: &SnapshotFiles, file: &ScanFile) -> Result<Footer, LakeError> {
+        let path = file.path.as_str();
         if let Some(m) = self.footers.lock().expect("footer cache").get(path) {
             return Ok(m.clone());
         }
-        let file = File::open(path).map_err(|e| lake_err(path, e))?;
-        let metadata = ArrowReaderMetadata::load(&file, ArrowReaderOptions::new())
-            .map_err(|e| lake_err(path, e))?;
+        let metadata = if file.local {
+            let handle = File::open(path).map_err(|e| lake_err(path, e))?;
+            ArrowReaderMetadata::load(&handle, ArrowReaderOptions::new())
+        } else {
+            let mut reader = files.remote(file)?;
+            files.runtime.block_on(ArrowReaderMetadata::load_async(
+                &mut reader,
+                ArrowReaderOptions::new(),
+            ))
+        }
+        .map_err(|e| lake_err(path, e))?;
         let schema = metadata.metadata().file_metadata().schema_descr();
         let leaf_paths = Arc::new(
             (0..schema.num_columns())
@@ -409,10 +504,12 @@ fn selection(deleted: &[i64], rows: usize) -> RowSelection {
     selectors.into()
 }
 
-/// Position deletes of one delete file, by data file path.
-fn read_position_deletes(uri: &str) -> Result<HashMap<String, Vec<i64>>, LakeError> {
-    let path = local_path(uri);
-    let file = File::open(path).map_err(|e| lake_err(path, e))?;
+/// Position deletes of one delete file (`uri`, read from `file`), by data file path.
+fn read_position_deletes(
+    uri: &str,
+    file: impl ChunkReader + 'static,
+) -> Result<HashMap<String, Vec<i64>>, LakeError> {
+    let path = uri;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| lake_err(path, e))?
         .build()

@@ -106,7 +106,7 @@ pub enum Criterion {
 }
 
 impl Criterion {
-    /// Evaluates the criterion on a batch given by its columns (named as [`Self::columns`]).
+    /// Evaluates the criterion on a batch given by its columns (top-level table columns by name).
     pub fn evaluate(&self, columns: &[(String, ArrayRef)], rows: usize) -> DFResult<Vec<bool>> {
         match self {
             Criterion::Paths {

@@ -11,6 +11,12 @@ allowed S3 roots (other prefixes and buckets refused), an unreachable bucket fai
 with a message, StartFHIRExportJob to s3:// (files and manifest uploaded, re-imported from S3
 into a second data store: the same SQL tables), and $export with an S3 OutputDataConfig whose
 output URLs the server streams back from the bucket.
+
+Then the lake itself on S3: a second installation started with `--warehouse s3://lake/warehouse`
+imports, answers SQL and FHIR search from Iceberg files in the bucket, removes deleted rows with
+position-delete files there, exports, is read by pyiceberg configured for the endpoint, keeps its
+warehouse across a restart without the flag, refuses another one, and purges a deleted data
+store's objects.
 """
 import atexit
 import gzip
@@ -26,6 +32,7 @@ import warnings
 
 import boto3
 import requests
+from pyiceberg.catalog.sql import SqlCatalog
 
 from control_common import acc28_lines, check, client, error_of, finish, poll_bulk_status, start_server, stop_server
 import control_common
@@ -59,7 +66,7 @@ for _ in range(100):
 keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
                   aws_access_key_id="testing", aws_secret_access_key="testing")
-for bucket in ("hospital-in", "hospital-out", "not-allowed"):
+for bucket in ("hospital-in", "hospital-out", "not-allowed", "lake"):
     s3.create_bucket(Bucket=bucket)
 
 
@@ -241,6 +248,96 @@ try:
           r.returncode != 0 and "s3://hospital-in/nothing-here/" in r.stderr, r.stderr[-300:])
     check("the CLI leaves no staging behind", not any((work / "cli" / "cli-staging").glob("*")),
           list((work / "cli" / "cli-staging").glob("*")))
+
+    # The warehouse on S3: a second installation whose Iceberg files live in the bucket.
+    stop_server(server)
+    lake_dir = work / "lake-s3"
+    lake_args = ["--allowed-root", "s3://hospital-in/feeds", "--allowed-root", "s3://hospital-out",
+                 "--datastore-op-interval-secs", "0"]
+    server, endpoint, grpc = start_server(binary, lake_dir, ["--warehouse", "s3://lake/warehouse", *lake_args],
+                                          work / "lake-serve.stderr", env)
+    hl = client(endpoint)
+    c = hl.create_fhir_datastore(DatastoreName="on_s3", DatastoreTypeVersion="R4")["DatastoreId"]
+    wait_active(hl, c)
+    job = start_import(hl, c, "s3://hospital-in/feeds/synthea/")
+    props = wait(hl.describe_fhir_import_job, "ImportJobProperties", DatastoreId=c, JobId=job["JobId"])
+    counts = {t: sql("on_s3", f"SELECT count(*) FROM {t.lower()}")[0][0] for t in expected}
+    check("warehouse on S3: an import completes and SQL counts every sample id",
+          props["JobStatus"] == "COMPLETED" and counts == expected, (props["JobStatus"], counts))
+    objects = keys_under("lake", "warehouse/on_s3/")
+    tables = {k.split("/")[2] for k in objects}
+    check("the Iceberg files are in the bucket (metadata, manifests, data per table); none on local disk",
+          tables == {t.lower() for t in expected}
+          and all(any(k.startswith(f"warehouse/on_s3/{t}/metadata/") and k.endswith(".metadata.json")
+                      for k in objects) and any(k.startswith(f"warehouse/on_s3/{t}/data/") for k in objects)
+                  for t in tables)
+          and not (lake_dir / "warehouse").exists()
+          and json.loads((lake_dir / "fhirlake.json").read_text()) == {"warehouse": "s3://lake/warehouse"},
+          (sorted(tables), len(objects)))
+    fhir = hl.describe_fhir_datastore(DatastoreId=c)["DatastoreProperties"]["DatastoreEndpoint"]
+    family, pid = sql("on_s3", "SELECT name[1].family, id FROM patient ORDER BY id LIMIT 1")[0]
+    n_cond = sql("on_s3", f"SELECT count(*) FROM condition WHERE subject.reference = 'Patient/{pid}'")[0][0]
+
+    def total(query):
+        return requests.get(fhir + query, timeout=30).json().get("total")
+
+    check("FHIR search reads the S3 tables: family and patient searches match SQL",
+          total(f"Patient?family={family}&_summary=count") >= 1
+          and total(f"Condition?patient={pid}&_summary=count") == n_cond > 0,
+          (family, total(f"Patient?family={family}&_summary=count"), n_cond))
+
+    # A delete reaches the lake as a position-delete file in the bucket.
+    r = requests.delete(fhir + f"Patient/{pid}", timeout=30)
+    deadline = time.time() + 60
+    while time.time() < deadline and sql("on_s3", "SELECT count(*) FROM patient")[0][0] != expected["Patient"] - 1:
+        time.sleep(0.3)
+    check("a DELETE is committed to the S3 lake: SQL, search and a position-delete file agree",
+          r.status_code == 204 and sql("on_s3", "SELECT count(*) FROM patient")[0][0] == expected["Patient"] - 1
+          and total(f"Patient?_id={pid}&_summary=count") == 0
+          and any(k.endswith("-deletes.parquet") for k in keys_under("lake", "warehouse/on_s3/patient/data/")),
+          (r.status_code, keys_under("lake", "warehouse/on_s3/patient/data/")))
+
+    exp = hl.start_fhir_export_job(
+        JobName="lake-s3", DatastoreId=c, DataAccessRoleArn="arn:aws:iam::000000000000:role/r",
+        OutputDataConfig={"S3Configuration": {"S3Uri": "s3://hospital-out/lake-export/", "KmsKeyId": "k"}})
+    eprops = wait(hl.describe_fhir_export_job, "ExportJobProperties", DatastoreId=c, JobId=exp["JobId"])
+    emanifest = json.loads(body("hospital-out", f"lake-export/{c}-FHIR_EXPORT-{exp['JobId']}/manifest.json"))
+    exported = {o["type"]: 0 for o in emanifest["output"]}
+    for o in emanifest["output"]:
+        exported[o["type"]] += o["count"]
+    check("an export from the S3-warehouse store holds every current resource",
+          eprops["JobStatus"] == "COMPLETED" and exported.get("Patient") == expected["Patient"] - 1
+          and all(exported.get(t) == n for t, n in expected.items() if t != "Patient"), (eprops["JobStatus"], exported))
+
+    # pyiceberg, configured for the same endpoint, reads the same tables.
+    catalog = SqlCatalog("fhirlake", uri=f"sqlite:///{lake_dir / 'catalog.db'}",
+                         **{"s3.endpoint": s3_endpoint, "s3.access-key-id": "testing",
+                            "s3.secret-access-key": "testing", "s3.region": "us-east-1"})
+    py_counts = {t: catalog.load_table(f"on_s3.{t.lower()}").scan(selected_fields=("id",)).to_arrow().num_rows
+                 for t in expected}
+    want = dict(expected, Patient=expected["Patient"] - 1)
+    check("pyiceberg reads every table from S3 with the same row counts (the deleted patient gone)",
+          py_counts == want, {t: (py_counts[t], n) for t, n in want.items() if py_counts[t] != n})
+
+    # The installation keeps its warehouse: restart without the flag; another one is refused.
+    stop_server(server)
+    server, endpoint, grpc = start_server(binary, lake_dir, lake_args, work / "lake-serve.stderr", env)
+    check("restarted without --warehouse, the server serves the S3 tables recorded in fhirlake.json",
+          sql("on_s3", "SELECT count(*) FROM patient")[0][0] == expected["Patient"] - 1)
+    r = subprocess.run([binary, "--data-dir", str(lake_dir), "--warehouse", str(work / "elsewhere"),
+                        "sql", "-e", "SELECT 1"], env=env, capture_output=True, text=True)
+    check("naming another warehouse for the installation is refused with a message naming both",
+          r.returncode != 0 and "s3://lake/warehouse" in r.stderr and "elsewhere" in r.stderr, r.stderr[-300:])
+
+    hl = client(endpoint)
+    hl.delete_fhir_datastore(DatastoreId=c)
+    deadline = time.time() + 60
+    while time.time() < deadline and (
+            hl.describe_fhir_datastore(DatastoreId=c)["DatastoreProperties"]["DatastoreStatus"] != "DELETED"):
+        time.sleep(0.3)
+    check("deleting the data store purges its objects from the warehouse bucket",
+          hl.describe_fhir_datastore(DatastoreId=c)["DatastoreProperties"]["DatastoreStatus"] == "DELETED"
+          and keys_under("lake", "warehouse/on_s3/") == [], keys_under("lake", "warehouse/on_s3/")[:5])
 finally:
     stop_server(server)
     moto.terminate()

@@ -7,6 +7,7 @@ mod crash;
 mod export;
 mod flight;
 mod ingest;
+mod installation;
 mod lake;
 mod repl;
 mod schema_gen;
