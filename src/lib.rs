@@ -17,3 +17,12 @@ pub mod schema;
 pub mod search;
 pub mod sql;
 pub mod store;
+
+/// Selects rustls' process-wide crypto provider (ring) before any TLS is set up; idempotent.
+///
+/// Two providers are compiled in (ring for tonic and object_store, aws-lc-rs through opendal's
+/// HTTP client), and rustls then refuses to choose one itself: without this, the Flight SQL
+/// TLS listener and object_store's HTTPS client (S3 job locations) panic on first use.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

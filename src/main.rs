@@ -293,6 +293,7 @@ impl FlightArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    fhirlake::install_tls_provider();
     // The server logs each request; interactive commands only warnings. FHIRLAKE_LOG overrides.
     let default_filter = match cli.command {
         Command::Serve { .. } => "info,sqlx=error",

@@ -113,6 +113,7 @@ impl FlightSqlServer {
                         source,
                     })
                 };
+                crate::install_tls_provider();
                 Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
             }
         };
