@@ -11,7 +11,6 @@ higher and bandwidth higher too).
 import os
 import pathlib
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,25 +22,14 @@ import requests
 from pyiceberg.catalog.sql import SqlCatalog
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests" / "interop"))
-from control_common import client, sql, start_server, stop_server  # noqa: E402
+from control_common import client, sql, start_moto, start_server, stop_server  # noqa: E402
 
 binary, data, work = os.path.abspath(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3]).resolve()
 shutil.rmtree(work, ignore_errors=True)
 work.mkdir(parents=True)
 RUNS = int(os.environ.get("RUNS", "5"))
 
-with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-moto = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                         "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-endpoint = f"http://127.0.0.1:{port}"
-for _ in range(100):
-    try:
-        requests.get(endpoint, timeout=1)
-        break
-    except requests.ConnectionError:
-        time.sleep(0.1)
+endpoint = start_moto(work / "moto.log")
 boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
              aws_secret_access_key="bench").create_bucket(Bucket="lake")
 env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
@@ -134,4 +122,3 @@ for label in rows:
     sf, sw = results[(label, "s3")]
     fmt = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
     print(f"| {label} | {fmt(lf)} | {fmt(lw)} | {fmt(sf)} | {fmt(sw)} |")
-moto.terminate()

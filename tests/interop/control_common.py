@@ -1,7 +1,11 @@
-"""What the control-plane interop tests (test_control.py, test_s3.py) share: check lines, a
-fhirlake server on loopback, boto3's healthlake client and its errors."""
+"""What the control-plane interop tests (test_control.py, test_s3.py) and bench/warehouse.py
+share: check lines, a fhirlake server and moto's S3 server on loopback, boto3's healthlake
+client and its errors."""
+import atexit
 import gzip
+import pathlib
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -51,6 +55,25 @@ def start_server(binary, data_dir, args, log_path, env=None):
         proc.kill()
         sys.exit(f"the server did not start (see {log_path})")
     return proc, http, grpc
+
+
+def start_moto(log_path):
+    """Starts moto's S3 server (from this venv) on a free loopback port; returns its endpoint.
+    It is stopped when the interpreter exits."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
+                             "-p", str(port)], stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    atexit.register(proc.terminate)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            requests.get(endpoint, timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    return endpoint
 
 
 def stop_server(proc):

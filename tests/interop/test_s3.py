@@ -18,13 +18,11 @@ position-delete files there, exports, is read by pyiceberg configured for the en
 warehouse across a restart without the flag, refuses another one, and purges a deleted data
 store's objects.
 """
-import atexit
 import gzip
 import json
 import os
 import pathlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +32,8 @@ import boto3
 import requests
 from pyiceberg.catalog.sql import SqlCatalog
 
-from control_common import acc28_lines, check, client, error_of, finish, poll_bulk_status, start_server, stop_server
+from control_common import (acc28_lines, check, client, error_of, finish, poll_bulk_status, start_moto, start_server,
+                            stop_server)
 import control_common
 
 warnings.simplefilter("ignore")
@@ -44,25 +43,8 @@ work = pathlib.Path(sys.argv[2]).resolve()
 shutil.rmtree(work, ignore_errors=True)
 work.mkdir(parents=True)
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # The S3-compatible server.
-port = free_port()
-moto = subprocess.Popen([str(pathlib.Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                         "-p", str(port)], stdout=subprocess.DEVNULL, stderr=open(work / "moto.log", "w"))
-atexit.register(moto.terminate)
-s3_endpoint = f"http://127.0.0.1:{port}"
-for _ in range(100):
-    try:
-        requests.get(s3_endpoint, timeout=1)
-        break
-    except requests.ConnectionError:
-        time.sleep(0.1)
+s3_endpoint = start_moto(work / "moto.log")
 keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
                   aws_access_key_id="testing", aws_secret_access_key="testing")
@@ -340,6 +322,5 @@ try:
           and keys_under("lake", "warehouse/on_s3/") == [], keys_under("lake", "warehouse/on_s3/")[:5])
 finally:
     stop_server(server)
-    moto.terminate()
 
 finish()
