@@ -228,19 +228,15 @@ impl ControlPlane {
         let obj = shapes::object(req)?;
         let ds_id = shapes::required_str(obj, "DatastoreId")?;
         let (ds, _) = self.visible_datastore(ds_id).await?;
-        let (output_uri, job_name, token) = match self
+        let start = match self
             .job_request(req, "OutputDataConfig", ds_id, JobKind::Export)
             .await?
         {
-            StartRequest::New {
-                output_uri,
-                job_name,
-                token,
-            } => (output_uri, job_name, token),
+            StartRequest::New(start) => start,
             StartRequest::Started(response) => return Ok(response),
         };
         let output = Location::parse(
-            &output_uri,
+            &start.output_uri,
             &self.config().allowed_roots,
             "OutputDataConfig.S3Configuration.S3Uri",
         )?;
@@ -249,9 +245,9 @@ impl ControlPlane {
                 &ds,
                 ExportRequest::system(),
                 output,
-                token,
+                start.token,
                 json!({
-                    "JobName": job_name,
+                    "JobName": start.job_name,
                     "OutputDataConfig": req["OutputDataConfig"],
                     "DataAccessRoleArn": req["DataAccessRoleArn"],
                 }),

@@ -43,14 +43,17 @@ impl Default for ImportLimits {
 
 /// A checked job start request.
 pub(super) enum StartRequest {
-    /// A new job: its output URI, JobName and ClientToken.
-    New {
-        output_uri: String,
-        job_name: Option<String>,
-        token: Option<String>,
-    },
+    /// A new job.
+    New(NewJob),
     /// The response of the job an earlier request with the same ClientToken started.
     Started(Value),
+}
+
+/// The members of a new job's start request that import and export share.
+pub(super) struct NewJob {
+    pub output_uri: String,
+    pub job_name: Option<String>,
+    pub token: Option<String>,
 }
 
 /// Adds a job's EndTime and those of `keys` its properties hold to a job description.
@@ -174,11 +177,11 @@ impl ControlPlane {
                 json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}),
             ));
         }
-        Ok(StartRequest::New {
+        Ok(StartRequest::New(NewJob {
             output_uri,
             job_name,
             token,
-        })
+        }))
     }
 
     /// Where job `job_id` stages S3 input and output.
@@ -200,22 +203,18 @@ impl ControlPlane {
         let input_uri = req["InputDataConfig"]["S3Uri"]
             .as_str()
             .ok_or_else(|| shapes::missing("InputDataConfig.S3Uri"))?;
-        let (output_uri, job_name, token) = match self
+        let start = match self
             .job_request(req, "JobOutputDataConfig", ds_id, JobKind::Import)
             .await?
         {
-            StartRequest::New {
-                output_uri,
-                job_name,
-                token,
-            } => (output_uri, job_name, token),
+            StartRequest::New(start) => start,
             StartRequest::Started(response) => return Ok(response),
         };
         let store = &self.installation().store;
         let roots = &self.config().allowed_roots;
         let input = Location::parse(input_uri, roots, "InputDataConfig.S3Uri")?;
         let output = Location::parse(
-            &output_uri,
+            &start.output_uri,
             roots,
             "JobOutputDataConfig.S3Configuration.S3Uri",
         )?;
@@ -226,9 +225,9 @@ impl ControlPlane {
             status: "SUBMITTED".into(),
             submit_time: now(),
             end_time: None,
-            client_token: token,
+            client_token: start.token,
             properties: json!({
-                "JobName": job_name,
+                "JobName": start.job_name,
                 "InputDataConfig": req["InputDataConfig"],
                 "JobOutputDataConfig": req["JobOutputDataConfig"],
                 "DataAccessRoleArn": req["DataAccessRoleArn"],

@@ -25,8 +25,8 @@ use iceberg::io::{FileIO, FileMetadata};
 use iceberg::spec::DataContentType;
 use iceberg::table::Table;
 use parquet::arrow::arrow_reader::{
-    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder, RowSelection,
-    RowSelector,
+    ArrowReaderBuilder, ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+    RowSelection, RowSelector,
 };
 use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::reader::ChunkReader;
@@ -395,31 +395,30 @@ impl LeafScanner {
         }
         let schema = metadata.metadata().file_metadata().schema_descr();
         let rows = metadata.metadata().file_metadata().num_rows() as usize;
-        let projection = ProjectionMask::leaves(schema, leaves);
+        let mask = ProjectionMask::leaves(schema, leaves);
         let skip = (!file.deleted.is_empty()).then(|| selection(&file.deleted, rows));
         let batches = if file.local {
             let handle = File::open(&file.path).map_err(|e| lake_err(&file.path, e))?;
-            let mut builder =
-                ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone())
-                    .with_projection(projection)
-                    .with_batch_size(BATCH_ROWS);
-            if let Some(skip) = skip {
-                builder = builder.with_row_selection(skip);
-            }
-            let reader = builder.build().map_err(|e| lake_err(&file.path, e))?;
-            reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| lake_err(&file.path, e))?
+            configure(
+                ParquetRecordBatchReaderBuilder::new_with_metadata(handle, metadata.clone()),
+                mask,
+                skip,
+            )
+            .build()
+            .map_err(|e| lake_err(&file.path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| lake_err(&file.path, e))?
         } else {
-            let reader = files.remote(file)?;
-            let mut builder =
-                ParquetRecordBatchStreamBuilder::new_with_metadata(reader, metadata.clone())
-                    .with_projection(projection)
-                    .with_batch_size(BATCH_ROWS);
-            if let Some(skip) = skip {
-                builder = builder.with_row_selection(skip);
-            }
-            let stream = builder.build().map_err(|e| lake_err(&file.path, e))?;
+            let stream = configure(
+                ParquetRecordBatchStreamBuilder::new_with_metadata(
+                    files.remote(file)?,
+                    metadata.clone(),
+                ),
+                mask,
+                skip,
+            )
+            .build()
+            .map_err(|e| lake_err(&file.path, e))?;
             files
                 .runtime
                 .block_on(stream.try_collect::<Vec<_>>())
@@ -465,6 +464,20 @@ impl LeafScanner {
         }
         footers.insert(path.to_string(), m.clone());
         Ok(m)
+    }
+}
+
+/// The read of one column's leaves, the same for the blocking and the async reader: `mask`
+/// projected, [`BATCH_ROWS`] per batch, deleted rows skipped by `skip`.
+fn configure<T>(
+    builder: ArrowReaderBuilder<T>,
+    mask: ProjectionMask,
+    skip: Option<RowSelection>,
+) -> ArrowReaderBuilder<T> {
+    let builder = builder.with_projection(mask).with_batch_size(BATCH_ROWS);
+    match skip {
+        Some(skip) => builder.with_row_selection(skip),
+        None => builder,
     }
 }
 
