@@ -95,7 +95,7 @@ impl Store {
         validate_name(name)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let has_default: Option<i64> =
             sqlx::query_scalar("SELECT 1 FROM datastores WHERE is_default = 1")
                 .fetch_optional(&mut *tx)
@@ -125,7 +125,7 @@ impl Store {
         validate_name(name)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM datastores WHERE name = ?")
             .bind(name)
             .fetch_optional(&mut *tx)

@@ -72,7 +72,7 @@ impl Store {
     /// Records a new job, unless the data store already has a running one (HealthLake runs
     /// one import or export at a time per data store): then returns that job as `Err`.
     pub async fn insert_job(&self, job: &Job) -> Result<Result<(), Job>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let running = sqlx::query(
             "SELECT * FROM jobs WHERE datastore_id = ? AND status IN \
              ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') LIMIT 1",
@@ -169,5 +169,75 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(from_row).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::NewResource;
+
+    fn job(datastore_id: &str) -> Job {
+        Job {
+            job_id: uuid::Uuid::new_v4().simple().to_string(),
+            datastore_id: datastore_id.into(),
+            kind: JobKind::Export,
+            status: "SUBMITTED".into(),
+            submit_time: "2026-01-01T00:00:00.000Z".into(),
+            end_time: None,
+            client_token: None,
+            properties: serde_json::json!({}),
+        }
+    }
+
+    /// Job slots are taken while other connections write resources (an export kicked off
+    /// during the server's background sync): the slot check and insert must queue for the
+    /// write lock, never fail with "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn job_slots_are_taken_while_resources_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.db")).await.unwrap();
+        let ds = store.create_datastore("t").await.unwrap();
+        let writer = {
+            let (store, ds) = (store.clone(), ds.id.clone());
+            tokio::spawn(async move {
+                for i in 0..300 {
+                    let id = format!("p{i}");
+                    let json = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
+                    store
+                        .put_resources(
+                            &ds,
+                            vec![NewResource {
+                                resource_type: "Patient".into(),
+                                id,
+                                json: Some(json),
+                            }],
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        };
+        let takers: Vec<_> = (0..300)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    // One slot per data store: the first job takes it, a second is refused
+                    // with the running job, and neither is an error.
+                    let ds = format!("ds{}", i % 100);
+                    store.insert_job(&job(&ds)).await
+                })
+            })
+            .collect();
+        let mut taken = 0;
+        for t in takers {
+            match t.await.unwrap() {
+                Ok(Ok(())) => taken += 1,
+                Ok(Err(running)) => assert!(running.is_running()),
+                Err(e) => panic!("taking a job slot failed: {e}"),
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(taken, 100, "exactly one job per data store");
     }
 }

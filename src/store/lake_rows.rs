@@ -136,7 +136,7 @@ impl Store {
         resource_type: &str,
         record: &LakeCommitRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         // Decrement live counts of the files that held removed rows, then forget the rows.
         for chunk in record.removed_ids.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
@@ -209,7 +209,7 @@ impl Store {
         snapshot_id: i64,
         files: &[AddedFile],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         for table in ["lake_rows", "lake_files", "lake_state"] {
             sqlx::query(&format!(
                 "DELETE FROM {table} WHERE datastore_id = ? AND resource_type = ?"
@@ -222,7 +222,7 @@ impl Store {
         tx.commit().await?;
         // Insert files with their live rows only, keeping each row's original position.
         for file in files {
-            let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.write_tx().await?;
             insert_file(&mut tx, datastore_id, resource_type, file).await?;
             tx.commit().await?;
         }

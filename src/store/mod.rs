@@ -200,4 +200,17 @@ impl Store {
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// A transaction that holds SQLite's write lock from its first statement.
+    ///
+    /// Every transaction that reads and then writes must start here: a deferred `BEGIN` takes
+    /// a read snapshot first, and if another connection commits before the first write, SQLite
+    /// refuses the upgrade with SQLITE_BUSY at once (the busy timeout does not apply), which
+    /// surfaced as sporadic 500s under concurrent writers. IMMEDIATE makes writers queue on
+    /// the busy timeout instead.
+    pub(crate) async fn write_tx(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
 }

@@ -433,11 +433,7 @@ impl Store {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from)?;
+        let mut tx = self.write_tx().await.map_err(StoreError::from)?;
         // Stamped under the write lock: versions are numbered in lock order, so a clock read
         // before waiting for the lock could give a later version an earlier lastUpdated.
         let last_updated = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

@@ -58,7 +58,7 @@ impl Store {
         // IMMEDIATE takes the write lock up front, so concurrent writers queue instead of
         // failing on a lock upgrade. The time is read under the lock so lastUpdated follows
         // version order.
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.write_tx().await?;
         let now = chrono::Utc::now();
         let last_updated = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
 
