@@ -7,8 +7,10 @@
 //! writes the manifest list and the new metadata file, and finally swaps the catalog pointer
 //! with the JDBC catalog protocol's compare-and-set
 //! (`UPDATE iceberg_tables SET metadata_location = new WHERE metadata_location = old`).
-//! A lost race reloads the table and retries. Kept in one place so it can be replaced by
-//! upstream row-delta / rewrite actions when they exist.
+//! A lost race reloads the table and retries, unless the changes depend on the snapshot they
+//! were computed against (position deletes, rewrites; see [`Base`]): those fail as stale.
+//! Kept in one place so it can be replaced by upstream row-delta / rewrite actions when they
+//! exist.
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -35,6 +37,34 @@ pub enum CommitError {
     Catalog(#[from] sqlx::Error),
     #[error("table {0} changed concurrently {1} times in a row; giving up")]
     TooManyConflicts(String, usize),
+    #[error(
+        "table {table} moved from snapshot {} to {} while this change was prepared \
+         (another writer?); nothing was committed, the next sync starts over",
+        snapshot_name(.expected), snapshot_name(.found)
+    )]
+    Stale {
+        table: String,
+        expected: Option<i64>,
+        found: Option<i64>,
+    },
+}
+
+fn snapshot_name(id: &Option<i64>) -> String {
+    id.map_or_else(|| "(none)".to_string(), |id| id.to_string())
+}
+
+/// What a commit's changes were computed against.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Base {
+    /// Nothing: the changes commute with any concurrent commit (a blind append), so a
+    /// conflict is resolved by rebuilding them on the newer snapshot.
+    #[default]
+    Any,
+    /// This current snapshot (`None`: the table had none). Position deletes name rows of
+    /// that snapshot's files and a rewrite replaces its live files, so on top of anything
+    /// else they would delete the wrong rows or resurrect deleted ones: the commit fails with
+    /// [`CommitError::Stale`] instead.
+    Snapshot(Option<i64>),
 }
 
 /// What one commit changes in a table.
@@ -49,6 +79,8 @@ pub struct TableChanges {
     pub dropped_files: HashSet<String>,
     /// Extra snapshot summary properties (the watermark, ...).
     pub properties: HashMap<String, String>,
+    /// What the changes were computed against.
+    pub base: Base,
 }
 
 impl TableChanges {
@@ -103,7 +135,9 @@ impl Committer {
         .await
     }
 
-    /// Applies `changes` as one new snapshot, retrying on concurrent commits.
+    /// Applies `changes` as one new snapshot. A concurrent commit is retried on top of the
+    /// newer snapshot when the changes allow it ([`Base::Any`]) and refused as
+    /// [`CommitError::Stale`] when they were computed against the older one.
     pub async fn commit(
         &self,
         ident: &TableIdent,
@@ -111,6 +145,16 @@ impl Committer {
     ) -> Result<Table, CommitError> {
         for attempt in 0..MAX_ATTEMPTS {
             let table = self.catalog.load_table(ident).await?;
+            let current = table.metadata().current_snapshot_id();
+            if let Base::Snapshot(expected) = changes.base
+                && current != expected
+            {
+                return Err(CommitError::Stale {
+                    table: ident.to_string(),
+                    expected,
+                    found: current,
+                });
+            }
             let new_location = self.write_next_metadata(&table, changes).await?;
             let old_location = table
                 .metadata_location()

@@ -15,7 +15,7 @@ use iceberg::spec::{DataContentType, DataFile, ManifestList};
 use iceberg::table::Table;
 
 use super::write::DataFileWriter;
-use super::{Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
+use super::{Base, Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
 use crate::schema::{Field, Registry};
 use crate::store::{AddedFile, Datastore, Store};
 
@@ -81,6 +81,7 @@ pub async fn compact_table(
     policy: CompactionPolicy,
     force: bool,
 ) -> Result<Option<Compaction>, LakeError> {
+    let _lock = lake.lock_table(&datastore.name, resource_type).await?;
     let Some(table) = lake.table(&datastore.name, resource_type).await? else {
         return Ok(None);
     };
@@ -157,6 +158,8 @@ pub async fn compact_table(
             .chain(&deletes)
             .map(|f| f.file_path().to_string())
             .collect::<HashSet<_>>(),
+        // Replaces exactly the live files listed above.
+        base: Base::Snapshot(table.metadata().current_snapshot_id()),
         ..Default::default()
     };
     changes

@@ -8,6 +8,7 @@ pub mod background;
 pub mod commit;
 pub mod compact;
 pub mod flatten;
+pub mod lock;
 pub mod provider;
 pub mod scan;
 pub mod sync;
@@ -27,7 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 use crate::schema::{Registry, SchemaError};
 
-pub use commit::{CommitError, Committer, TableChanges, WATERMARK_PROPERTY};
+pub use commit::{Base, CommitError, Committer, TableChanges, WATERMARK_PROPERTY};
 pub use warehouse::Warehouse;
 
 /// Name of the Iceberg catalog in the catalog database (pyiceberg's `SqlCatalog(name)`).
@@ -56,6 +57,8 @@ pub enum LakeError {
     Background(String),
     #[error("cannot create warehouse directory {0}: {1}")]
     Warehouse(PathBuf, std::io::Error),
+    #[error("table lock {0}: {1}")]
+    Lock(PathBuf, std::io::Error),
 }
 
 /// The Iceberg side of an installation.
@@ -66,6 +69,8 @@ pub struct Lake {
     warehouse: Warehouse,
     /// The warehouse's storage, for deleting a dropped data store's files.
     file_io: FileIO,
+    /// Where the per-table commit locks live (beside the catalog database).
+    locks: PathBuf,
     /// Loaded tables by identifier. An entry is used only while the catalog still points at
     /// its metadata file, so it saves re-reading and re-parsing the (large, for wide types)
     /// metadata JSON on every scan and search without ever serving a stale snapshot.
@@ -117,11 +122,16 @@ impl Lake {
             .build();
         let catalog = Arc::new(catalog);
         let committer = Committer::new(catalog.clone(), pool, CATALOG_NAME.to_string());
+        let locks = catalog_db
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("locks");
         Ok(Self {
             catalog,
             committer,
             warehouse,
             file_io,
+            locks,
             tables: Default::default(),
         })
     }
@@ -145,6 +155,18 @@ impl Lake {
             NamespaceIdent::new(datastore.to_string()),
             resource_type.to_ascii_lowercase(),
         )
+    }
+
+    /// Waits for the exclusive right to commit to `resource_type`'s table: sync and
+    /// compaction hold it from their first read of the table to the store's record of their
+    /// commit (see [`lock`]).
+    pub async fn lock_table(
+        &self,
+        datastore: &str,
+        resource_type: &str,
+    ) -> Result<lock::TableLock, LakeError> {
+        let ident = Self::table_ident(datastore, resource_type);
+        lock::acquire(lock::lock_path(&self.locks, &ident)).await
     }
 
     /// The table of `resource_type`, if it has been created.

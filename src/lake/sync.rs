@@ -5,6 +5,10 @@
 //! itself says what it contains. The store keeps a copy together with the row positions;
 //! if a crash lands between the Iceberg commit and the store update, the next sync sees the
 //! lake ahead of the store and rebuilds the row index from the table before going on.
+//!
+//! A sync holds its table's lock ([`Lake::lock_table`]) throughout, so syncs and compactions
+//! of one table in other tasks or processes wait for each other instead of computing deletes
+//! from an index another commit is about to change.
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,7 +22,7 @@ use parquet::arrow::ProjectionMask;
 use super::compact::{Compaction, CompactionPolicy, compact_table, live_files};
 use super::flatten::{FlatInput, flatten};
 use super::write::{DataFileWriter, write_position_deletes};
-use super::{Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
+use super::{Base, Lake, LakeError, TableChanges, WATERMARK_PROPERTY, table_watermark};
 use crate::schema::Registry;
 use crate::store::{AddedFile, Change, Datastore, LakeCommitRecord, Store};
 
@@ -87,6 +91,7 @@ pub async fn sync_table(
     limits: BatchLimits,
 ) -> Result<TableSync, LakeError> {
     let schema = Registry::global().get(resource_type)?;
+    let _lock = lake.lock_table(&datastore.name, resource_type).await?;
     let mut table = lake.ensure_table(&datastore.name, resource_type).await?;
     let mut stats = TableSync {
         resource_type: resource_type.to_string(),
@@ -99,7 +104,8 @@ pub async fn sync_table(
         tracing::warn!(
             table = resource_type,
             "the store's row index does not describe the table's current snapshot (a crash between \
-             a lake commit and its record?); rebuilding it from the table"
+             a lake commit and its record, or a writer outside fhirlake?); rebuilding it from the \
+             table"
         );
         rebuild_row_index(store, &table, &datastore.id, resource_type).await?;
     }
@@ -129,7 +135,11 @@ pub async fn sync_table(
         let old_rows = store.lake_rows(&datastore.id, resource_type, &ids).await?;
         let live: Vec<&Change> = latest.iter().filter(|c| c.json.is_some()).collect();
 
-        let mut changes_out = TableChanges::default();
+        // The deletes below name rows of this snapshot's files.
+        let mut changes_out = TableChanges {
+            base: Base::Snapshot(table.metadata().current_snapshot_id()),
+            ..Default::default()
+        };
         let mut added_files = Vec::new();
         if !live.is_empty() {
             // Flatten and write in slices: only one slice's parsed JSON and Arrow arrays are

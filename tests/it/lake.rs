@@ -380,3 +380,112 @@ async fn concurrent_table_creation_converges() {
     assert_eq!(locations.len(), 1);
     assert_eq!(inst.lake.table_names(&ds.name).await.unwrap(), ["patient"]);
 }
+
+/// Two processes syncing and compacting the same table at once (a server's background sync
+/// and a CLI `import` or `compact` on one data directory): every change lands exactly once
+/// and the row index stays right, so later replacements still leave one row per id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_syncs_and_compactions_apply_each_change_once() {
+    use fhirlake::lake::compact::{CompactionPolicy, compact_table};
+    use fhirlake::lake::sync::sync_table;
+    let dir = tempfile::tempdir().unwrap();
+    let a = Installation::open(dir.path()).await.unwrap();
+    let b = Installation::open(dir.path()).await.unwrap();
+    let ds = a.datastore(None).await.unwrap();
+    let tiny = BatchLimits {
+        max_changes: 40,
+        max_json_bytes: 1 << 30,
+    };
+    let ids: Vec<String> = (0..200).map(|i| format!("p{i}")).collect();
+    for round in 1..=3i64 {
+        let writes = ids
+            .iter()
+            .map(|id| NewResource {
+                resource_type: "Patient".into(),
+                id: id.clone(),
+                json: Some(format!(
+                    r#"{{"resourceType":"Patient","id":"{id}","birthDate":"19{:02}-01-01"}}"#,
+                    round
+                )),
+            })
+            .collect();
+        a.store.put_resources(&ds.id, writes).await.unwrap();
+        let sync = |inst: &Installation| {
+            let (store, lake, ds) = (inst.store.clone(), inst.lake.clone(), ds.clone());
+            tokio::spawn(async move { sync_table(&store, &lake, &ds, "Patient", tiny).await })
+        };
+        let compact = {
+            let (store, lake, ds) = (b.store.clone(), b.lake.clone(), ds.clone());
+            tokio::spawn(async move {
+                let policy = CompactionPolicy::default();
+                compact_table(&store, &lake, &ds, "Patient", policy, true).await
+            })
+        };
+        let (s1, s2) = (sync(&a), sync(&b));
+        let (s1, s2) = (s1.await.unwrap().unwrap(), s2.await.unwrap().unwrap());
+        compact.await.unwrap().unwrap();
+        assert_eq!(
+            s1.rows_written + s2.rows_written,
+            ids.len(),
+            "round {round}: each change is applied by exactly one of the syncs"
+        );
+        let rows = scan_ids(&a, "fhir", "Patient").await;
+        assert_eq!(rows.len(), ids.len(), "round {round}: one row per id");
+        assert!(rows.iter().all(|(_, v)| *v == round), "round {round}");
+    }
+}
+
+/// A commit computed against an older snapshot is refused, not rebased: its position
+/// deletes would name rows of files it never saw.
+#[tokio::test]
+async fn a_stale_commit_is_refused() {
+    use fhirlake::lake::flatten::{FlatInput, flatten};
+    use fhirlake::lake::write::write_data_file;
+    use fhirlake::lake::{Base, CommitError, Lake, TableChanges};
+    let dir = tempfile::tempdir().unwrap();
+    let inst = Installation::open(dir.path()).await.unwrap();
+    let table = inst.lake.ensure_table("fhir", "Patient").await.unwrap();
+    let schema = fhirlake::schema::Registry::global().get("Patient").unwrap();
+    let ident = Lake::table_ident("fhir", "Patient");
+    let file = |id: &str| {
+        let json = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
+        let batch = flatten(
+            &schema,
+            &[FlatInput {
+                id,
+                version: 1,
+                last_updated: "2026-01-01T00:00:00Z",
+                json: &json,
+            }],
+        )
+        .unwrap();
+        let table = table.clone();
+        async move { write_data_file(&table, &batch).await.unwrap() }
+    };
+    let first = TableChanges {
+        added_data: vec![file("a").await],
+        base: Base::Snapshot(None),
+        ..Default::default()
+    };
+    let committed = inst.lake.committer().commit(&ident, &first).await.unwrap();
+    let stale = TableChanges {
+        added_data: vec![file("b").await],
+        base: Base::Snapshot(None),
+        ..Default::default()
+    };
+    match inst.lake.committer().commit(&ident, &stale).await {
+        Err(CommitError::Stale {
+            expected, found, ..
+        }) => {
+            assert_eq!(expected, None);
+            assert_eq!(found, committed.metadata().current_snapshot_id());
+        }
+        other => panic!("expected a stale-commit error, got {other:?}"),
+    }
+    let ids: Vec<String> = scan_ids(&inst, "fhir", "Patient")
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(ids, ["a"], "nothing of the stale commit is visible");
+}
