@@ -307,41 +307,40 @@ async fn background_sync_commits_on_its_own_and_on_flush() {
     sync.shutdown().await.unwrap();
 }
 
+/// A data file (not yet committed) holding version 1 of Patient `id`.
+async fn patient_file(table: &iceberg::table::Table, id: &str) -> iceberg::spec::DataFile {
+    use fhirlake::lake::flatten::{FlatInput, flatten};
+    let schema = fhirlake::schema::Registry::global().get("Patient").unwrap();
+    let json = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
+    let batch = flatten(
+        &schema,
+        &[FlatInput {
+            id,
+            version: 1,
+            last_updated: "2026-01-01T00:00:00Z",
+            json: &json,
+        }],
+    )
+    .unwrap();
+    fhirlake::lake::write::write_data_file(table, &batch)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn concurrent_commits_to_one_table_all_land() {
-    use fhirlake::lake::flatten::{FlatInput, flatten};
-    use fhirlake::lake::write::write_data_file;
     use fhirlake::lake::{Lake, TableChanges};
     let dir = tempfile::tempdir().unwrap();
     let inst = Installation::open(dir.path()).await.unwrap();
     let table = inst.lake.ensure_table("fhir", "Patient").await.unwrap();
-    let schema = fhirlake::schema::Registry::global().get("Patient").unwrap();
     let ident = Lake::table_ident("fhir", "Patient");
     let mut tasks = Vec::new();
     for worker in 0..4 {
-        let (lake, table, schema, ident) = (
-            inst.lake.clone(),
-            table.clone(),
-            schema.clone(),
-            ident.clone(),
-        );
+        let (lake, table, ident) = (inst.lake.clone(), table.clone(), ident.clone());
         tasks.push(tokio::spawn(async move {
             for i in 0..5 {
-                let id = format!("w{worker}-{i}");
-                let json = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
-                let batch = flatten(
-                    &schema,
-                    &[FlatInput {
-                        id: &id,
-                        version: 1,
-                        last_updated: "2026-01-01T00:00:00Z",
-                        json: &json,
-                    }],
-                )
-                .unwrap();
-                let file = write_data_file(&table, &batch).await.unwrap();
                 let changes = TableChanges {
-                    added_data: vec![file],
+                    added_data: vec![patient_file(&table, &format!("w{worker}-{i}")).await],
                     ..Default::default()
                 };
                 lake.committer().commit(&ident, &changes).await.unwrap();
@@ -439,37 +438,19 @@ async fn concurrent_syncs_and_compactions_apply_each_change_once() {
 /// deletes would name rows of files it never saw.
 #[tokio::test]
 async fn a_stale_commit_is_refused() {
-    use fhirlake::lake::flatten::{FlatInput, flatten};
-    use fhirlake::lake::write::write_data_file;
     use fhirlake::lake::{Base, CommitError, Lake, TableChanges};
     let dir = tempfile::tempdir().unwrap();
     let inst = Installation::open(dir.path()).await.unwrap();
     let table = inst.lake.ensure_table("fhir", "Patient").await.unwrap();
-    let schema = fhirlake::schema::Registry::global().get("Patient").unwrap();
     let ident = Lake::table_ident("fhir", "Patient");
-    let file = |id: &str| {
-        let json = format!(r#"{{"resourceType":"Patient","id":"{id}"}}"#);
-        let batch = flatten(
-            &schema,
-            &[FlatInput {
-                id,
-                version: 1,
-                last_updated: "2026-01-01T00:00:00Z",
-                json: &json,
-            }],
-        )
-        .unwrap();
-        let table = table.clone();
-        async move { write_data_file(&table, &batch).await.unwrap() }
-    };
     let first = TableChanges {
-        added_data: vec![file("a").await],
+        added_data: vec![patient_file(&table, "a").await],
         base: Base::Snapshot(None),
         ..Default::default()
     };
     let committed = inst.lake.committer().commit(&ident, &first).await.unwrap();
     let stale = TableChanges {
-        added_data: vec![file("b").await],
+        added_data: vec![patient_file(&table, "b").await],
         base: Base::Snapshot(None),
         ..Default::default()
     };
