@@ -35,10 +35,10 @@ pub(super) fn lock_path(dir: &Path, ident: &TableIdent) -> PathBuf {
 /// Waits for and takes the lock at `path` (created with its directory if missing).
 pub(super) async fn acquire(path: PathBuf) -> Result<TableLock, LakeError> {
     let locked = tokio::task::spawn_blocking(move || {
-        let fail = |e| LakeError::Lock(path.clone(), e);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(fail)?;
+            std::fs::create_dir_all(dir).map_err(|e| LakeError::Lock(dir.to_path_buf(), e))?;
         }
+        let fail = |e| LakeError::Lock(path.clone(), e);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -74,5 +74,19 @@ mod tests {
             .expect("released on drop")
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_unusable_lock_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::write(&locks, "not a directory").unwrap();
+        let ident = TableIdent::new(NamespaceIdent::new("fhir".into()), "patient".into());
+        let err = acquire(lock_path(&locks, &ident)).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("table lock {}: ", locks.display())),
+            "{err}"
+        );
     }
 }
