@@ -6,6 +6,9 @@
 #   scripts/bench-rest.sh [NDJSON_DIR]
 #
 # Environment: CONNECTIONS (32), DURATION (15s), THREADS (wrk threads, default min(4, nproc)),
+# REPEAT (run the four scenarios this many times on the same server, default 1),
+# DISCONNECTS=1 (during every scenario, bench/rest/disconnect.py abandons writes mid-request
+# on DISCONNECT_CLIENTS (8) more connections; their requests are not counted),
 # ENTRIES (100, Bundle size), TIMEOUT (wrk request timeout, 30s), FHIRLAKE_BIN (use this binary instead of building release),
 # KEEP=1 (keep the temporary data directory).
 # Needs cargo, python3, curl and wrk (installed with apt-get when absent).
@@ -22,6 +25,9 @@ ENTRIES=${ENTRIES:-100}
 # latency; a 100-entry transaction at concurrency 32 can take that long.
 TIMEOUT=${TIMEOUT:-30s}
 READ_IDS=1000
+REPEAT=${REPEAT:-1}
+DISCONNECTS=${DISCONNECTS:-}
+DISCONNECT_CLIENTS=${DISCONNECT_CLIENTS:-8}
 
 BENCH_NEEDS_WRK=1
 # shellcheck source=scripts/bench-common.sh
@@ -113,8 +119,18 @@ run() {
   local name=$1 script=$2 per=$3 lake=$4
   shift 4
   echo "== $name: wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
+  local storm=""
+  if [ -n "$DISCONNECTS" ]; then
+    python3 "$ROOT/bench/rest/disconnect.py" "$BASE" "$WORK/patient.json" "${DURATION%s}" \
+      "$DISCONNECT_CLIENTS" >"$WORK/disconnect.out" &
+    storm=$!
+  fi
   LUA_PATH="$ROOT/bench/rest/?.lua;;" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout "$TIMEOUT" --latency \
     -s "$ROOT/bench/rest/$script" "$BASE/" -- "$BASE_PATH" "$@" | tee "$WORK/$script.out"
+  if [ -n "$storm" ]; then
+    wait "$storm"
+    ABANDONED=$((ABANDONED + $(sed -n 's/^ABANDONED n=//p' "$WORK/disconnect.out")))
+  fi
   local result catchup="-"
   result=$(grep '^RESULT ' "$WORK/$script.out" | tail -1)
   [ -n "$result" ] || { echo "wrk printed no RESULT line" >&2; exit 1; }
@@ -133,10 +149,15 @@ EOF
 )")
 }
 
-run "read by id ($N_PATIENTS Patient + $N_OBS Observation ids)" read.lua 1 no "$WORK/read-paths.txt"
-run "create Patient (POST)" create.lua 1 yes "$WORK/patient.json"
-run "update Patient (PUT, $N_PATIENTS ids)" update.lua 1 yes "$WORK/patient-ids.txt" "$WORK/patient-template.json"
-run "transaction Bundle ($ENTRIES Patient POSTs)" transaction.lua "$ENTRIES" yes "$WORK/patient.json" "$ENTRIES"
+ABANDONED=0
+for round in $(seq 1 "$REPEAT"); do
+  tag=""
+  [ "$REPEAT" -gt 1 ] && tag=" #$round"
+  run "read by id ($N_PATIENTS Patient + $N_OBS Observation ids)$tag" read.lua 1 no "$WORK/read-paths.txt"
+  run "create Patient (POST)$tag" create.lua 1 yes "$WORK/patient.json"
+  run "update Patient (PUT, $N_PATIENTS ids)$tag" update.lua 1 yes "$WORK/patient-ids.txt" "$WORK/patient-template.json"
+  run "transaction Bundle ($ENTRIES Patient POSTs)$tag" transaction.lua "$ENTRIES" yes "$WORK/patient.json" "$ENTRIES"
+done
 
 echo "== stop (SIGTERM)"
 STOP_START=$(date +%s.%N)
@@ -155,3 +176,11 @@ echo "|---|---:|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
 echo
 echo "Graceful stop: ${STOP_SECS} s; Patient rows in SQL afterwards: $PATIENTS."
+if [ -n "$DISCONNECTS" ]; then
+  echo "Abandoned write requests (reset mid-body, 0-3 ms after the request, or mid-response; not in the table): $ABANDONED."
+fi
+# Any non-2xx answer or a lake that did not catch up fails the run (the soak relies on it).
+if printf '%s\n' "${ROWS[@]}" | awk -F'|' '$7 !~ /^ *0 *$/ || $8 ~ /timeout/ {bad=1} END {exit !bad}'; then
+  echo "FAILED: a scenario had non-2xx answers or the lake did not catch up" >&2
+  exit 1
+fi

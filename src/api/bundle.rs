@@ -18,8 +18,8 @@ use super::format::{Body, Params, Reply, ReturnPreference, etag};
 use super::interactions::{
     self as ix, BundleOut, Ctx, EntryOut, EntryResponseOut, ReadConditions, now, raw, status_line,
 };
+use crate::store::ConditionalWrite;
 use crate::store::NewResource;
-use crate::store::reads::ConditionalWrite;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -3,8 +3,8 @@
 use axum::http::StatusCode;
 
 use crate::outcome::{Issue, OperationOutcome, Severity};
+use crate::store::ConditionalWriteError;
 use crate::store::StoreError;
-use crate::store::reads::ConditionalWriteError;
 
 /// An error response: the HTTP status and the OperationOutcome that explains it.
 #[derive(Debug, Clone, PartialEq, Eq)]

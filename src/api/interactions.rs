@@ -16,7 +16,8 @@ use super::json;
 use crate::ingest::validate::{check_id, validate_resource};
 use crate::outcome::{Issue, OperationOutcome, Severity};
 use crate::schema::Registry;
-use crate::store::reads::{AppliedWrite, HistoryQuery, StoredVersion};
+use crate::store::AppliedWrite;
+use crate::store::reads::{HistoryQuery, StoredVersion};
 use crate::store::{Datastore, NewResource, Store};
 
 /// Everything an interaction needs: the server state, the data store and its base URL.

@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod capability;
+mod detach;
 pub mod error;
 pub mod format;
 pub mod interactions;
@@ -323,13 +324,21 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
         let state = self.state.clone();
+        let writes = tokio_util::task::TaskTracker::new();
         let app = self
             .extra
             .into_iter()
-            .fold(router(self.state), |app, extra| app.merge(extra));
+            .fold(router(self.state), |app, extra| app.merge(extra))
+            .layer(axum::middleware::from_fn_with_state(
+                writes.clone(),
+                detach::run_to_completion,
+            ));
         let served = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
+        // Writes whose clients left are still running on their own tasks.
+        writes.close();
+        writes.wait().await;
         tracing::info!("HTTP server stopped; flushing the lake");
         let flushed = state.flush().await;
         served?;

@@ -167,19 +167,20 @@ pub async fn compact_table(
         .insert(WATERMARK_PROPERTY.to_string(), watermark.to_string());
     let ident = Lake::table_ident(&datastore.name, resource_type);
     let table = lake.committer().commit(&ident, &changes).await?;
+    let files_after = added.len();
     store
         .reset_lake_index(
             &datastore.id,
             resource_type,
             watermark,
             table.metadata().current_snapshot_id().unwrap_or_default(),
-            &added,
+            added,
         )
         .await?;
     Ok(Some(Compaction {
         files_before: data.len(),
         delete_files_before: deletes.len(),
-        files_after: added.len(),
+        files_after,
         rows,
     }))
 }

@@ -185,7 +185,7 @@ pub async fn sync_table(
             .record_lake_commit(
                 &datastore.id,
                 resource_type,
-                &LakeCommitRecord {
+                LakeCommitRecord {
                     applied_seq,
                     snapshot_id: table.metadata().current_snapshot_id().unwrap_or_default(),
                     added_files,
@@ -254,7 +254,7 @@ async fn rebuild_row_index(
             resource_type,
             watermark,
             snapshot_id,
-            &added_files,
+            added_files,
         )
         .await?;
     Ok(())

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, begin_immediate};
 
 /// Life-cycle status of a data store (HealthLake's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,25 +93,22 @@ impl Store {
     /// Creates an ACTIVE data store named `name`; the first one created becomes the default.
     pub async fn create_datastore(&self, name: &str) -> Result<Datastore, StoreError> {
         validate_name(name)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut tx = self.write_tx().await?;
-        let has_default: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM datastores WHERE is_default = 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        sqlx::query(
-            "INSERT INTO datastores (id, name, status, created_at, is_default) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(name)
-        .bind(DatastoreStatus::Active.as_str())
-        .bind(&created_at)
-        .bind(has_default.is_none() as i64)
-        .execute(&mut *tx)
+        let row = NewDatastore::new(name, DatastoreStatus::Active);
+        let id = row.id.clone();
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                let mut tx = begin_immediate(conn).await?;
+                let has_default: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM datastores WHERE is_default = 1")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                row.insert(&mut tx, has_default.is_none()).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
         .await?;
-        tx.commit().await?;
-        self.datastore(name).await
+        self.datastore(&id).await
     }
 
     /// Creates data store `name` with `status` and the control plane's `properties` in one
@@ -123,31 +120,31 @@ impl Store {
         properties: &serde_json::Value,
     ) -> Result<Datastore, StoreError> {
         validate_name(name)?;
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut tx = self.write_tx().await?;
-        let taken: Option<i64> = sqlx::query_scalar("SELECT 1 FROM datastores WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if taken.is_some() {
-            return Err(StoreError::DuplicateDatastore(name.to_string()));
-        }
-        sqlx::query(
-            "INSERT INTO datastores (id, name, status, created_at, is_default) VALUES (?, ?, ?, ?, 0)",
-        )
-        .bind(&id)
-        .bind(name)
-        .bind(status.as_str())
-        .bind(&created_at)
-        .execute(&mut *tx)
+        let row = NewDatastore::new(name, status);
+        let id = row.id.clone();
+        let properties = properties.to_string();
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                let mut tx = begin_immediate(conn).await?;
+                let taken: Option<i64> =
+                    sqlx::query_scalar("SELECT 1 FROM datastores WHERE name = ?")
+                        .bind(&row.name)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if taken.is_some() {
+                    return Err(StoreError::DuplicateDatastore(row.name));
+                }
+                row.insert(&mut tx, false).await?;
+                sqlx::query("INSERT INTO datastore_properties (id, properties) VALUES (?, ?)")
+                    .bind(&row.id)
+                    .bind(properties)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
         .await?;
-        sqlx::query("INSERT INTO datastore_properties (id, properties) VALUES (?, ?)")
-            .bind(&id)
-            .bind(properties.to_string())
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
         self.datastore(&id).await
     }
 
@@ -169,15 +166,21 @@ impl Store {
         id: &str,
         properties: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO datastore_properties (id, properties) VALUES (?, ?) \
-             ON CONFLICT (id) DO UPDATE SET properties = excluded.properties",
-        )
-        .bind(id)
-        .bind(properties.to_string())
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        let (id, properties) = (id.to_string(), properties.to_string());
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "INSERT INTO datastore_properties (id, properties) VALUES (?, ?) \
+                     ON CONFLICT (id) DO UPDATE SET properties = excluded.properties",
+                )
+                .bind(id)
+                .bind(properties)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     pub async fn set_datastore_status(
@@ -185,12 +188,18 @@ impl Store {
         id: &str,
         status: DatastoreStatus,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE datastores SET status = ? WHERE id = ?")
-            .bind(status.as_str())
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        let id = id.to_string();
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                sqlx::query("UPDATE datastores SET status = ? WHERE id = ?")
+                    .bind(status.as_str())
+                    .bind(id)
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     /// The data store created with this client token, if any (idempotent creates).
@@ -215,30 +224,43 @@ impl Store {
     /// deleted data store remains describable).
     pub async fn purge_datastore(&self, id: &str) -> Result<u64, StoreError> {
         let mut removed = 0;
-        // resource_versions is the big one: delete it in batches of rowids.
+        // resource_versions is the big one: delete it in batches of rowids, each its own
+        // writer job, so resource writes to other data stores interleave.
         loop {
-            let done = sqlx::query(
-                "DELETE FROM resource_versions WHERE seq IN \
-                 (SELECT seq FROM resource_versions WHERE datastore_id = ? LIMIT 20000)",
-            )
-            .bind(id)
-            .execute(self.pool())
-            .await?
-            .rows_affected();
+            let done = self
+                .delete_rows(
+                    "DELETE FROM resource_versions WHERE seq IN \
+                     (SELECT seq FROM resource_versions WHERE datastore_id = ? LIMIT 20000)",
+                    id,
+                )
+                .await?;
             removed += done;
             if done < 20000 {
                 break;
             }
         }
         for table in ["resources_current", "lake_rows", "lake_files", "lake_state"] {
-            removed += sqlx::query(&format!("DELETE FROM {table} WHERE datastore_id = ?"))
-                .bind(id)
-                .execute(self.pool())
-                .await?
-                .rows_affected();
+            removed += self
+                .delete_rows(&format!("DELETE FROM {table} WHERE datastore_id = ?"), id)
+                .await?;
         }
         self.versions.clear();
         Ok(removed)
+    }
+
+    /// Runs one `DELETE` bound to a data store id on the writer; returns the rows removed.
+    async fn delete_rows(&self, statement: &str, id: &str) -> Result<u64, StoreError> {
+        let (statement, id) = (statement.to_string(), id.to_string());
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                Ok(sqlx::query(&statement)
+                    .bind(id)
+                    .execute(conn)
+                    .await?
+                    .rows_affected())
+            })
+        })
+        .await
     }
 
     /// The data store whose name or id is `name_or_id`.
@@ -267,6 +289,43 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         Ok(rows.iter().map(from_row).collect())
+    }
+}
+
+/// A data store row about to be inserted.
+struct NewDatastore {
+    id: String,
+    name: String,
+    status: DatastoreStatus,
+    created_at: String,
+}
+
+impl NewDatastore {
+    fn new(name: &str, status: DatastoreStatus) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            name: name.to_string(),
+            status,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
+
+    async fn insert(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        is_default: bool,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO datastores (id, name, status, created_at, is_default) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&self.id)
+        .bind(&self.name)
+        .bind(self.status.as_str())
+        .bind(&self.created_at)
+        .bind(is_default as i64)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, begin_immediate};
 
 /// What a job does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,45 +72,64 @@ impl Store {
     /// Records a new job, unless the data store already has a running one (HealthLake runs
     /// one import or export at a time per data store): then returns that job as `Err`.
     pub async fn insert_job(&self, job: &Job) -> Result<Result<(), Job>, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let running = sqlx::query(
-            "SELECT * FROM jobs WHERE datastore_id = ? AND status IN \
-             ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') LIMIT 1",
-        )
-        .bind(&job.datastore_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = running {
-            return Ok(Err(from_row(&row)));
-        }
-        sqlx::query(
-            "INSERT INTO jobs (job_id, datastore_id, kind, status, submit_time, end_time, \
-             client_token, properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&job.job_id)
-        .bind(&job.datastore_id)
-        .bind(job.kind.as_str())
-        .bind(&job.status)
-        .bind(&job.submit_time)
-        .bind(&job.end_time)
-        .bind(&job.client_token)
-        .bind(job.properties.to_string())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(Ok(()))
+        let job = job.clone();
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                let mut tx = begin_immediate(conn).await?;
+                let running = sqlx::query(
+                    "SELECT * FROM jobs WHERE datastore_id = ? AND status IN \
+                     ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') LIMIT 1",
+                )
+                .bind(&job.datastore_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = running {
+                    return Ok(Err(from_row(&row)));
+                }
+                sqlx::query(
+                    "INSERT INTO jobs (job_id, datastore_id, kind, status, submit_time, end_time, \
+                     client_token, properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(&job.job_id)
+                .bind(&job.datastore_id)
+                .bind(job.kind.as_str())
+                .bind(&job.status)
+                .bind(&job.submit_time)
+                .bind(&job.end_time)
+                .bind(&job.client_token)
+                .bind(job.properties.to_string())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Ok(()))
+            })
+        })
+        .await
     }
 
     /// Writes a job's status, end time and properties.
     pub async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET status = ?, end_time = ?, properties = ? WHERE job_id = ?")
-            .bind(&job.status)
-            .bind(&job.end_time)
-            .bind(job.properties.to_string())
-            .bind(&job.job_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
+        let (status, end_time, properties, job_id) = (
+            job.status.clone(),
+            job.end_time.clone(),
+            job.properties.to_string(),
+            job.job_id.clone(),
+        );
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                sqlx::query(
+                    "UPDATE jobs SET status = ?, end_time = ?, properties = ? WHERE job_id = ?",
+                )
+                .bind(status)
+                .bind(end_time)
+                .bind(properties)
+                .bind(job_id)
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     pub async fn job(&self, job_id: &str) -> Result<Job, StoreError> {

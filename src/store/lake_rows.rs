@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, begin_immediate};
 
 const ROWS_PER_STATEMENT: usize = 400;
 
@@ -134,67 +134,34 @@ impl Store {
         &self,
         datastore_id: &str,
         resource_type: &str,
-        record: &LakeCommitRecord,
+        record: LakeCommitRecord,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        // Decrement live counts of the files that held removed rows, then forget the rows.
-        for chunk in record.removed_ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "UPDATE lake_files SET live_count = live_count - (SELECT COUNT(*) FROM lake_rows r \
-                 WHERE r.file_id = lake_files.file_id AND r.datastore_id = ",
-            );
-            q.push_bind(datastore_id)
-                .push(" AND r.resource_type = ")
-                .push_bind(resource_type)
-                .push(" AND r.id IN (");
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id);
-            }
-            sep.push_unseparated(")) WHERE datastore_id = ");
-            q.push_bind(datastore_id)
-                .push(" AND resource_type = ")
-                .push_bind(resource_type);
-            q.build().execute(&mut *tx).await?;
-
-            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM lake_rows WHERE datastore_id = ");
-            q.push_bind(datastore_id)
-                .push(" AND resource_type = ")
-                .push_bind(resource_type)
-                .push(" AND id IN (");
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id);
-            }
-            sep.push_unseparated(")");
-            q.build().execute(&mut *tx).await?;
-        }
-        for file_id in &record.dropped_files {
-            sqlx::query("DELETE FROM lake_rows WHERE file_id = ?")
-                .bind(file_id)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("DELETE FROM lake_files WHERE file_id = ?")
-                .bind(file_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for file in &record.added_files {
-            insert_file(&mut tx, datastore_id, resource_type, file).await?;
-        }
-        sqlx::query(
-            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq, snapshot_id) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET \
-             applied_seq = excluded.applied_seq, snapshot_id = excluded.snapshot_id",
-        )
-        .bind(datastore_id)
-        .bind(resource_type)
-        .bind(record.applied_seq)
-        .bind(record.snapshot_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let table = TableKey::new(datastore_id, resource_type);
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                let mut tx = begin_immediate(conn).await?;
+                table.forget_rows(&mut tx, &record.removed_ids).await?;
+                for file_id in &record.dropped_files {
+                    sqlx::query("DELETE FROM lake_rows WHERE file_id = ?")
+                        .bind(file_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query("DELETE FROM lake_files WHERE file_id = ?")
+                        .bind(file_id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for file in &record.added_files {
+                    table.insert_file(&mut tx, file).await?;
+                }
+                table
+                    .set_state(&mut tx, record.applied_seq, record.snapshot_id)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await
     }
 }
 
@@ -207,80 +174,166 @@ impl Store {
         resource_type: &str,
         applied_seq: i64,
         snapshot_id: i64,
-        files: &[AddedFile],
+        files: Vec<AddedFile>,
     ) -> Result<(), StoreError> {
-        let mut tx = self.write_tx().await?;
-        for table in ["lake_rows", "lake_files", "lake_state"] {
-            sqlx::query(&format!(
-                "DELETE FROM {table} WHERE datastore_id = ? AND resource_type = ?"
-            ))
-            .bind(datastore_id)
-            .bind(resource_type)
-            .execute(&mut *tx)
+        let table = TableKey::new(datastore_id, resource_type);
+        let clear = table.clone();
+        self.exclusive(move |conn| {
+            Box::pin(async move {
+                let mut tx = begin_immediate(conn).await?;
+                for name in ["lake_rows", "lake_files", "lake_state"] {
+                    sqlx::query(&format!(
+                        "DELETE FROM {name} WHERE datastore_id = ? AND resource_type = ?"
+                    ))
+                    .bind(&clear.datastore_id)
+                    .bind(&clear.resource_type)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            })
+        })
+        .await?;
+        // One writer job per file, so resource writes interleave with a large rebuild.
+        for file in files {
+            let table = table.clone();
+            self.exclusive(move |conn| {
+                Box::pin(async move {
+                    let mut tx = begin_immediate(conn).await?;
+                    table.insert_file(&mut tx, &file).await?;
+                    tx.commit().await?;
+                    Ok(())
+                })
+            })
             .await?;
         }
-        tx.commit().await?;
-        // Insert files with their live rows only, keeping each row's original position.
-        for file in files {
-            let mut tx = self.write_tx().await?;
-            insert_file(&mut tx, datastore_id, resource_type, file).await?;
-            tx.commit().await?;
-        }
         // Written last: until it is, the index is known incomplete and gets rebuilt again.
-        sqlx::query(
-            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq, snapshot_id) VALUES (?, ?, ?, ?)",
-        )
-        .bind(datastore_id)
-        .bind(resource_type)
-        .bind(applied_seq)
-        .bind(snapshot_id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        self.exclusive(move |conn| {
+            Box::pin(async move { Ok(table.set_state(conn, applied_seq, snapshot_id).await?) })
+        })
+        .await
     }
 }
 
-/// Records a data file and the lake position of each of its live rows. An empty id marks a
-/// position whose row is deleted.
-async fn insert_file(
-    conn: &mut sqlx::SqliteConnection,
-    datastore_id: &str,
-    resource_type: &str,
-    file: &AddedFile,
-) -> Result<(), sqlx::Error> {
-    let live: Vec<(usize, &String)> = file
-        .ids
-        .iter()
-        .enumerate()
-        .filter(|(_, id)| !id.is_empty())
-        .collect();
-    let file_id: i64 = sqlx::query_scalar(
-        "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
-         VALUES (?, ?, ?, ?, ?) RETURNING file_id",
-    )
-    .bind(datastore_id)
-    .bind(resource_type)
-    .bind(&file.path)
-    .bind(file.ids.len() as i64)
-    .bind(live.len() as i64)
-    .fetch_one(&mut *conn)
-    .await?;
-    for chunk in live.chunks(ROWS_PER_STATEMENT) {
-        let mut q = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
-        );
-        q.push_values(chunk, |mut b, (pos, id)| {
-            b.push_bind(datastore_id)
-                .push_bind(resource_type)
-                .push_bind(*id)
-                .push_bind(file_id)
-                .push_bind(*pos as i64);
-        });
-        q.push(
-            " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
-             file_id = excluded.file_id, pos = excluded.pos",
-        );
-        q.build().execute(&mut *conn).await?;
+/// One table's rows of the lake bookkeeping, owned so it can move into a writer job.
+#[derive(Debug, Clone)]
+struct TableKey {
+    datastore_id: String,
+    resource_type: String,
+}
+
+impl TableKey {
+    fn new(datastore_id: &str, resource_type: &str) -> Self {
+        Self {
+            datastore_id: datastore_id.to_string(),
+            resource_type: resource_type.to_string(),
+        }
     }
-    Ok(())
+
+    /// Forgets the rows of `ids` and decrements the live counts of the files that held them.
+    async fn forget_rows(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        ids: &[String],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "UPDATE lake_files SET live_count = live_count - (SELECT COUNT(*) FROM lake_rows r \
+                 WHERE r.file_id = lake_files.file_id AND r.datastore_id = ",
+            );
+            q.push_bind(&self.datastore_id)
+                .push(" AND r.resource_type = ")
+                .push_bind(&self.resource_type)
+                .push(" AND r.id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            sep.push_unseparated(")) WHERE datastore_id = ");
+            q.push_bind(&self.datastore_id)
+                .push(" AND resource_type = ")
+                .push_bind(&self.resource_type);
+            q.build().execute(&mut *conn).await?;
+
+            let mut q = QueryBuilder::<Sqlite>::new("DELETE FROM lake_rows WHERE datastore_id = ");
+            q.push_bind(&self.datastore_id)
+                .push(" AND resource_type = ")
+                .push_bind(&self.resource_type)
+                .push(" AND id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id);
+            }
+            sep.push_unseparated(")");
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the watermark and the snapshot the row index describes.
+    async fn set_state(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        applied_seq: i64,
+        snapshot_id: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO lake_state (datastore_id, resource_type, applied_seq, snapshot_id) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (datastore_id, resource_type) DO UPDATE SET \
+             applied_seq = excluded.applied_seq, snapshot_id = excluded.snapshot_id",
+        )
+        .bind(&self.datastore_id)
+        .bind(&self.resource_type)
+        .bind(applied_seq)
+        .bind(snapshot_id)
+        .execute(conn)
+        .await?;
+        Ok(())
+    }
+
+    /// Records a data file and the lake position of each of its live rows. An empty id marks
+    /// a position whose row is deleted.
+    async fn insert_file(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        file: &AddedFile,
+    ) -> Result<(), sqlx::Error> {
+        let (datastore_id, resource_type) = (&self.datastore_id, &self.resource_type);
+        let live: Vec<(usize, &String)> = file
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !id.is_empty())
+            .collect();
+        let file_id: i64 = sqlx::query_scalar(
+            "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
+         VALUES (?, ?, ?, ?, ?) RETURNING file_id",
+        )
+        .bind(datastore_id)
+        .bind(resource_type)
+        .bind(&file.path)
+        .bind(file.ids.len() as i64)
+        .bind(live.len() as i64)
+        .fetch_one(&mut *conn)
+        .await?;
+        for chunk in live.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
+            );
+            q.push_values(chunk, |mut b, (pos, id)| {
+                b.push_bind(datastore_id)
+                    .push_bind(resource_type)
+                    .push_bind(*id)
+                    .push_bind(file_id)
+                    .push_bind(*pos as i64);
+            });
+            q.push(
+                " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
+             file_id = excluded.file_id, pos = excluded.pos",
+            );
+            q.build().execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
 }

@@ -17,19 +17,27 @@ pub mod reads;
 mod resources;
 mod snapshot;
 mod version_cache;
+mod writer;
+pub mod writes;
 
 pub use datastores::{Datastore, DatastoreStatus, validate_name as validate_datastore_name};
 pub use jobs::{Job, JobKind};
 pub use lake_rows::{AddedFile, LakeCommitRecord, LakeFile, LakeRow};
 pub use resources::{Change, NewResource, WrittenVersion};
 pub use snapshot::SnapshotResource;
+pub use writes::{
+    AppliedWrite, ConditionalWrite, ConditionalWriteError, PreviousVersion, VersionConflict,
+};
 
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use futures::future::BoxFuture;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, SqliteConnection, SqlitePool};
+
+use writer::Writer;
 
 /// Errors of the resource store.
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +73,20 @@ pub enum StoreError {
     /// No job with that id.
     #[error("no job with id '{0}'")]
     NoSuchJob(String),
+    /// The writer task is gone (the runtime that opened the store is shutting down).
+    #[error("resource store: the writer has stopped; the write was not applied")]
+    WriterStopped,
 }
 
 /// Handle to the embedded resource store.
+///
+/// Reads go through a pool of read-only connections; every write goes to the one writing
+/// connection owned by the writer task (`writer.rs`), so no caller can leave a transaction
+/// open by being cancelled.
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: SqlitePool,
+    writer: Writer,
     /// Bumped after every committed resource write, so readers that need their own writes
     /// in the lake (search) can tell cheaply whether a lake sync is due.
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -155,7 +171,8 @@ CREATE TABLE IF NOT EXISTS lake_state (
 "#;
 
 impl Store {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path` and starts its writer task on the
+    /// current runtime.
     pub async fn open(path: &Path) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
@@ -166,14 +183,23 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .pragma("cache_size", "-65536");
+        let mut conn = options.connect().await?;
+        sqlx::raw_sql(SCHEMA).execute(&mut conn).await?;
+        let writes = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
+        let writer = Writer::start(conn, options.clone(), writes.clone());
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(options)
+            // Readers never write; a connection found inside a transaction when it is
+            // handed out (a read cancelled at a bad moment) is closed, never reused.
+            .before_acquire(|conn, _| {
+                Box::pin(async move { Ok(!writer::in_transaction(conn).await?) })
+            })
+            .connect_with(options.read_only(true))
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
         Ok(Self {
             pool,
-            writes: Default::default(),
+            writer,
+            writes,
             versions: Default::default(),
         })
     }
@@ -183,34 +209,52 @@ impl Store {
         self.writes.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn wrote(&self) {
-        self.writes
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-    }
-
     /// Folds the write-ahead log into the database file and truncates it (after a bulk
     /// import, so the store's size on disk is its real size).
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.exclusive(|conn| {
+            Box::pin(async move {
+                sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
     }
 
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
     }
 
-    /// A transaction that holds SQLite's write lock from its first statement.
-    ///
-    /// Every transaction that reads and then writes must start here: a deferred `BEGIN` takes
-    /// a read snapshot first, and if another connection commits before the first write, SQLite
-    /// refuses the upgrade with SQLITE_BUSY at once (the busy timeout does not apply), which
-    /// surfaced as sporadic 500s under concurrent writers. IMMEDIATE makes writers queue on
-    /// the busy timeout instead.
-    pub(crate) async fn write_tx(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.pool.begin_with("BEGIN IMMEDIATE").await
+    /// Runs `work` on the writing connection, to completion even if the caller stops
+    /// waiting. Every write other than resource writes goes through here; a transaction
+    /// inside `work` starts with [`begin_immediate`].
+    pub(crate) async fn exclusive<T, F>(&self, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, Result<T, StoreError>>
+            + Send
+            + 'static,
+    {
+        self.writer.exclusive(work).await
     }
+
+    /// Commits one all-or-nothing group of resource writes through the writer task.
+    pub(crate) async fn write(&self, request: writes::WriteRequest) -> writes::WriteOutcome {
+        self.writer.write(request).await
+    }
+}
+
+/// A transaction that holds SQLite's write lock from its first statement.
+///
+/// A deferred `BEGIN` takes a read snapshot first, and if another process commits before the
+/// first write, SQLite refuses the upgrade with SQLITE_BUSY at once (the busy timeout does not
+/// apply). IMMEDIATE makes writers of other processes (a CLI import next to a server) queue on
+/// the busy timeout instead.
+pub(crate) async fn begin_immediate(
+    conn: &mut SqliteConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Sqlite>, sqlx::Error> {
+    use sqlx::Connection;
+    conn.begin_with("BEGIN IMMEDIATE").await
 }

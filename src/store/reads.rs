@@ -1,9 +1,9 @@
 //! Reads for the REST API (current version, a given version, history pages) and conditional
 //! writes that check a resource's current version inside the write transaction.
 //!
-//! The REST API needs optimistic locking (`If-Match`) without a lost update, so the version
-//! check and the insert share one `BEGIN IMMEDIATE` transaction: SQLite's single writer lock
-//! serializes them with every other writer, including [`Store::put_resources`].
+//! The REST API needs optimistic locking (`If-Match`) without a lost update: the version check
+//! runs in the writer task under SQLite's write lock, in the same transaction as the insert
+//! (see `writes.rs`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use std::sync::Arc;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::codec::{compress, decompress};
-use super::resources::stamp_meta;
-use super::{NewResource, Store, StoreError, WrittenVersion};
+use super::codec::decompress;
+use super::writes::{AppliedWrite, ConditionalWrite, ConditionalWriteError, WriteRequest};
+use super::{NewResource, Store, StoreError};
 
 /// One stored version of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,66 +52,6 @@ pub struct HistoryPage {
     pub versions: Vec<StoredVersion>,
     /// Set when more versions follow: pass it as [`HistoryQuery::before_seq`].
     pub next_cursor: Option<i64>,
-}
-
-/// A write that only applies if the resource's current version is the expected one.
-#[derive(Debug, Clone)]
-pub struct ConditionalWrite {
-    pub resource: NewResource,
-    /// `None`: no condition. `Some(v)`: the current version must be `v`, where a resource that
-    /// never existed has version 0 and a deleted one keeps the version of its deletion.
-    pub expected_version: Option<i64>,
-}
-
-/// The state of a resource just before a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PreviousVersion {
-    pub version: i64,
-    pub deleted: bool,
-}
-
-/// What a conditional write did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AppliedWrite {
-    pub resource_type: String,
-    pub id: String,
-    /// The version that was current before this write, `None` if the resource never existed.
-    pub previous: Option<PreviousVersion>,
-    /// The new version; `None` when a deletion found nothing live to delete (nothing written).
-    pub written: Option<WrittenVersion>,
-    /// The stored JSON of the new version (with meta stamped); `None` for deletions.
-    pub json: Option<String>,
-}
-
-impl AppliedWrite {
-    /// True when the write brought a resource into existence (it was absent or deleted).
-    pub fn created(&self) -> bool {
-        self.written.is_some() && self.json.is_some() && self.previous.is_none_or(|p| p.deleted)
-    }
-}
-
-/// The current version of a resource is not the one the write expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "version conflict on {resource_type}/{id}: expected version {expected}, current version is {}",
-    current.map_or_else(|| "none (the resource does not exist)".to_string(), |v| v.to_string())
-)]
-pub struct VersionConflict {
-    pub resource_type: String,
-    pub id: String,
-    pub expected: i64,
-    /// `None` when the resource never existed.
-    pub current: Option<i64>,
-}
-
-/// Why a conditional write was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ConditionalWriteError {
-    /// An expected version did not match; nothing was written.
-    #[error(transparent)]
-    Conflict(#[from] VersionConflict),
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// A type's changes not yet in the lake, for the lake-lag report.
@@ -421,10 +361,9 @@ impl Store {
     }
 
     /// Applies `writes` atomically, in order, after checking every expected version; a single
-    /// mismatch writes nothing. Versions are assigned as in [`Store::put_resources`].
-    ///
-    /// Unlike `put_resources`, deleting a resource that is absent or already deleted writes
-    /// nothing (FHIR: deleting twice does not create a version), reported as `written: None`.
+    /// mismatch writes nothing. Versions are assigned as in [`Store::put_resources`], and
+    /// deleting a resource that is absent or already deleted writes nothing (FHIR: deleting
+    /// twice does not create a version), reported as `written: None`.
     pub async fn put_checked(
         &self,
         datastore_id: &str,
@@ -433,151 +372,18 @@ impl Store {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write_tx().await.map_err(StoreError::from)?;
-        // Stamped under the write lock: versions are numbered in lock order, so a clock read
-        // before waiting for the lock could give a later version an earlier lastUpdated.
-        let last_updated = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-
-        // Current state of every touched resource, read under the write lock.
-        let mut current: HashMap<(String, String), PreviousVersion> = HashMap::new();
-        for w in &writes {
-            let key = (w.resource.resource_type.clone(), w.resource.id.clone());
-            if current.contains_key(&key) {
-                continue;
-            }
-            let row = sqlx::query(
-                "SELECT version, deleted FROM resources_current \
-                 WHERE datastore_id = ? AND resource_type = ? AND id = ?",
-            )
-            .bind(datastore_id)
-            .bind(&key.0)
-            .bind(&key.1)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            if let Some(row) = row {
-                current.insert(
-                    key,
-                    PreviousVersion {
-                        version: row.get(0),
-                        deleted: row.get::<i64, _>(1) != 0,
-                    },
-                );
-            }
-        }
-
-        let mut next_seq: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM resource_versions")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(StoreError::from)?;
-        let mut applied = Vec::with_capacity(writes.len());
-        for w in writes {
-            let NewResource {
-                resource_type,
-                id,
-                json,
-            } = w.resource;
-            let key = (resource_type.clone(), id.clone());
-            let previous = current.get(&key).copied();
-            if let Some(expected) = w.expected_version {
-                let actual = previous.map_or(0, |p| p.version);
-                if actual != expected {
-                    // Dropping `tx` rolls back everything written so far.
-                    return Err(VersionConflict {
-                        resource_type,
-                        id,
-                        expected,
-                        current: previous.map(|p| p.version),
-                    }
-                    .into());
-                }
-            }
-            if json.is_none() && previous.is_none_or(|p| p.deleted) {
-                applied.push(AppliedWrite {
-                    resource_type,
-                    id,
-                    previous,
-                    written: None,
-                    json: None,
-                });
-                continue;
-            }
-            let version = previous.map_or(0, |p| p.version) + 1;
-            let stored = json
-                .as_deref()
-                .map(|text| stamp_meta(text, version, &last_updated))
-                .transpose()
-                .map_err(|source| StoreError::CorruptJson {
-                    resource_type: resource_type.clone(),
-                    id: id.clone(),
-                    source,
-                })?;
-            let seq = next_seq;
-            next_seq += 1;
-            let blob = stored.as_deref().map(compress);
-            let deleted = stored.is_none() as i64;
-            sqlx::query(
-                "INSERT INTO resource_versions \
-                 (seq, datastore_id, resource_type, id, version, last_updated, deleted, json_zstd) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(seq)
-            .bind(datastore_id)
-            .bind(&resource_type)
-            .bind(&id)
-            .bind(version)
-            .bind(&last_updated)
-            .bind(deleted)
-            .bind(blob)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            sqlx::query(
-                "INSERT INTO resources_current (datastore_id, resource_type, id, version, seq, deleted) \
-                 VALUES (?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
-                 version = excluded.version, seq = excluded.seq, deleted = excluded.deleted",
-            )
-            .bind(datastore_id)
-            .bind(&resource_type)
-            .bind(&id)
-            .bind(version)
-            .bind(seq)
-            .bind(deleted)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            current.insert(
-                key,
-                PreviousVersion {
-                    version,
-                    deleted: deleted != 0,
-                },
-            );
-            applied.push(AppliedWrite {
-                written: Some(WrittenVersion {
-                    resource_type: resource_type.clone(),
-                    id: id.clone(),
-                    version,
-                    last_updated: last_updated.clone(),
-                    seq,
-                }),
-                resource_type,
-                id,
-                previous,
-                json: stored,
-            });
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        self.wrote();
-        Ok(applied)
+        self.write(WriteRequest {
+            datastore_id: datastore_id.to_string(),
+            writes,
+        })
+        .await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{PreviousVersion, VersionConflict};
 
     fn patient(id: &str, gender: &str) -> NewResource {
         NewResource {

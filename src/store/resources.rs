@@ -1,15 +1,11 @@
 //! Versioned resource writes and the change feed the lake committer reads.
 
-use std::collections::HashMap;
-
 use serde_json::value::RawValue;
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::Row;
 
-use super::codec::{compress, decompress};
+use super::codec::decompress;
+use super::writes::{ConditionalWrite, ConditionalWriteError, WriteRequest};
 use super::{Store, StoreError};
-
-/// Rows per multi-row statement: well under SQLite's bound-parameter limit.
-const ROWS_PER_STATEMENT: usize = 400;
 
 /// One write to apply: a resource body (already validated) or a deletion.
 #[derive(Debug, Clone)]
@@ -46,7 +42,8 @@ pub struct Change {
 impl Store {
     /// Applies `items` atomically: each becomes a new version (1 for a new id, previous + 1
     /// otherwise) with `meta.versionId` and `meta.lastUpdated` stamped into the stored JSON.
-    /// Items are applied in order, so the same id twice yields two versions.
+    /// Items are applied in order, so the same id twice yields two versions; deleting what
+    /// is absent or already deleted writes nothing.
     pub async fn put_resources(
         &self,
         datastore_id: &str,
@@ -55,115 +52,24 @@ impl Store {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        // IMMEDIATE takes the write lock up front, so concurrent writers queue instead of
-        // failing on a lock upgrade. The time is read under the lock so lastUpdated follows
-        // version order.
-        let mut tx = self.write_tx().await?;
-        let now = chrono::Utc::now();
-        let last_updated = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-
-        let mut current: HashMap<(String, String), i64> = HashMap::new();
-        let mut by_type: HashMap<&str, Vec<&str>> = HashMap::new();
-        for item in &items {
-            by_type
-                .entry(item.resource_type.as_str())
-                .or_default()
-                .push(item.id.as_str());
-        }
-        for (resource_type, ids) in by_type {
-            for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-                let mut q = QueryBuilder::<Sqlite>::new(
-                    "SELECT id, version FROM resources_current WHERE datastore_id = ",
-                );
-                q.push_bind(datastore_id)
-                    .push(" AND resource_type = ")
-                    .push_bind(resource_type)
-                    .push(" AND id IN (");
-                let mut sep = q.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                sep.push_unseparated(")");
-                for row in q.build().fetch_all(&mut *tx).await? {
-                    current.insert(
-                        (resource_type.to_string(), row.get::<String, _>(0)),
-                        row.get::<i64, _>(1),
-                    );
-                }
-            }
-        }
-
-        let next_seq: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) + 1 FROM resource_versions")
-                .fetch_one(&mut *tx)
-                .await?;
-        let mut written = Vec::with_capacity(items.len());
-        let mut rows = Vec::with_capacity(items.len());
-        for (i, item) in items.into_iter().enumerate() {
-            let key = (item.resource_type.clone(), item.id.clone());
-            let version = current.get(&key).copied().unwrap_or(0) + 1;
-            current.insert(key, version);
-            let json = match &item.json {
-                Some(text) => Some(stamp_meta(text, version, &last_updated).map_err(|source| {
-                    StoreError::CorruptJson {
-                        resource_type: item.resource_type.clone(),
-                        id: item.id.clone(),
-                        source,
-                    }
-                })?),
-                None => None,
-            };
-            let seq = next_seq + i as i64;
-            written.push(WrittenVersion {
-                resource_type: item.resource_type.clone(),
-                id: item.id.clone(),
-                version,
-                last_updated: last_updated.clone(),
-                seq,
-            });
-            // Stored zstd-compressed: resource JSON shrinks about 4x, and the store is read
-            // back mostly once, by the lake sync.
-            let blob = json.as_deref().map(compress);
-            rows.push((seq, item.resource_type, item.id, version, blob));
-        }
-
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO resource_versions (seq, datastore_id, resource_type, id, version, last_updated, deleted, json_zstd) ",
-            );
-            q.push_values(chunk, |mut b, (seq, ty, id, version, json)| {
-                b.push_bind(*seq)
-                    .push_bind(datastore_id)
-                    .push_bind(ty)
-                    .push_bind(id)
-                    .push_bind(*version)
-                    .push_bind(&last_updated)
-                    .push_bind(json.is_none() as i64)
-                    .push_bind(json.as_deref());
-            });
-            q.build().execute(&mut *tx).await?;
-
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO resources_current (datastore_id, resource_type, id, version, seq, deleted) ",
-            );
-            q.push_values(chunk, |mut b, (seq, ty, id, version, json)| {
-                b.push_bind(datastore_id)
-                    .push_bind(ty)
-                    .push_bind(id)
-                    .push_bind(*version)
-                    .push_bind(*seq)
-                    .push_bind(json.is_none() as i64);
-            });
-            q.push(
-                " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
-                 version = excluded.version, seq = excluded.seq, deleted = excluded.deleted \
-                 WHERE excluded.seq > resources_current.seq",
-            );
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        self.wrote();
-        Ok(written)
+        let writes = items
+            .into_iter()
+            .map(|resource| ConditionalWrite {
+                resource,
+                expected_version: None,
+            })
+            .collect();
+        let applied = self
+            .write(WriteRequest {
+                datastore_id: datastore_id.to_string(),
+                writes,
+            })
+            .await
+            .map_err(|e| match e {
+                ConditionalWriteError::Store(e) => e,
+                ConditionalWriteError::Conflict(_) => unreachable!("no write had a condition"),
+            })?;
+        Ok(applied.into_iter().filter_map(|a| a.written).collect())
     }
 
     /// Changes of one resource type after `after_seq`, oldest first, at most `limit`.

@@ -5,7 +5,12 @@
 //! transactions are whole, and once the lake has caught up the SQL tables (read through the
 //! `sql` command after a graceful stop) equal the store.
 //!
+//! Next to the writers, clients abandon writes mid-request (reset during the body, right after
+//! the request, during the response), as in `disconnect.rs`.
+//!
 //! `CRASH_SEED=<n>` repeats a run's choices (kill times, operations; not the interleaving).
+//! `CRASH_ROUNDS=<n>` sets the number of kill -9 cycles (default 4; the soak bench runs 20),
+//! and `FHIRLAKE_BIN` runs another server binary (the bench's release build).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -20,13 +25,20 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fhirlake");
+const DEFAULT_BIN: &str = env!("CARGO_BIN_EXE_fhirlake");
+
+/// The server binary: `FHIRLAKE_BIN`, else the one cargo built with this test.
+fn bin() -> String {
+    std::env::var("FHIRLAKE_BIN").unwrap_or_else(|_| DEFAULT_BIN.to_string())
+}
 /// Concurrent writers.
 const TASKS: usize = 8;
 /// Ids every writer updates (contention on one resource from several clients).
 const SHARED_IDS: usize = 3;
-/// Kill -9 / restart cycles before the checks.
+/// Kill -9 / restart cycles before the checks (`CRASH_ROUNDS` overrides).
 const ROUNDS: usize = 4;
+/// Clients abandoning writes next to the writers.
+const ABANDONING: usize = 4;
 const TYPES: [&str; 2] = ["Patient", "Observation"];
 
 /// A running `fhirlake serve` child process.
@@ -43,7 +55,7 @@ impl ServerProc {
             .append(true)
             .open(log)
             .unwrap();
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .arg("--data-dir")
             .arg(data_dir)
             .args([
@@ -505,7 +517,7 @@ async fn wait_in_sync(http: &reqwest::Client, server: &ServerProc) {
 /// Rows of `SELECT id, _version_id, meta.versionid, meta.lastupdated FROM <table>` through
 /// the CLI (the server is stopped).
 fn sql_rows(data_dir: &Path, table: &str) -> Vec<(String, i64, String, String)> {
-    let out = std::process::Command::new(BIN)
+    let out = std::process::Command::new(bin())
         .arg("--data-dir")
         .arg(data_dir)
         .args([
@@ -565,8 +577,13 @@ async fn kill_9_during_rest_writes_loses_no_acknowledged_write() {
         .unwrap();
 
     // --- bursts, each killed in the middle; the next round restarts on the same data ---
+    let rounds = std::env::var("CRASH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ROUNDS);
     let mut acks = Vec::new();
-    for round in 0..ROUNDS {
+    let mut abandoned = 0;
+    for round in 0..rounds {
         let server = ServerProc::start(&data_dir, &log).await;
         // Start each burst with the lake caught up (after a restart it first commits what
         // the killed server left behind), so that lake syncs complete during the burst and
@@ -585,6 +602,13 @@ async fn kill_9_during_rest_writes_loses_no_acknowledged_write() {
                 ))
             })
             .collect();
+        let stop_abandoning = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let abandoning = tokio::spawn(crate::disconnect::abandon_until(
+            server.base.clone(),
+            rng.next(),
+            ABANDONING,
+            stop_abandoning.clone(),
+        ));
         tokio::time::sleep(kill_after).await;
         let lake: Value = http
             .get(server.url("$lake-status"))
@@ -596,6 +620,8 @@ async fn kill_9_during_rest_writes_loses_no_acknowledged_write() {
             .unwrap();
         let sent_at_kill = sent.load(Ordering::Relaxed);
         server.kill9().await;
+        stop_abandoning.store(true, Ordering::Relaxed);
+        abandoned += abandoning.await.unwrap();
         let mut round_acks = Vec::new();
         let mut transport_errors = 0;
         let mut unexpected = Vec::new();
@@ -904,7 +930,8 @@ async fn kill_9_during_rest_writes_loses_no_acknowledged_write() {
         server_log.matches("rebuilding it from the table").count()
     );
     eprintln!(
-        "crash test: bursts done {burst_done:?}, restarted {restarted:?}, in sync {synced:?}, done {:?}",
+        "crash test: {rounds} kill -9 rounds, {} acknowledged writes, {abandoned} abandoned requests; bursts done {burst_done:?}, restarted {restarted:?}, in sync {synced:?}, done {:?}",
+        acks.len(),
         started.elapsed()
     );
 }

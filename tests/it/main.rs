@@ -4,6 +4,7 @@ mod api_crash;
 mod common;
 mod control;
 mod crash;
+mod disconnect;
 mod export;
 mod flight;
 mod ingest;
