@@ -103,17 +103,7 @@ impl Store {
         resource_type: &str,
         id: &str,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM resources_current c \
-             JOIN resource_versions v ON v.seq = c.seq \
-             WHERE c.datastore_id = ? AND c.resource_type = ? AND c.id = ?"
-        ))
-        .bind(datastore_id)
-        .bind(resource_type)
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(version_from_row).transpose()
+        self.point.current(datastore_id, resource_type, id)
     }
 
     /// One version of a resource, `None` if that version does not exist.
@@ -124,17 +114,7 @@ impl Store {
         id: &str,
         version: i64,
     ) -> Result<Option<StoredVersion>, StoreError> {
-        let row = sqlx::query(&format!(
-            "SELECT {VERSION_COLUMNS} FROM resource_versions v \
-             WHERE v.datastore_id = ? AND v.resource_type = ? AND v.id = ? AND v.version = ?"
-        ))
-        .bind(datastore_id)
-        .bind(resource_type)
-        .bind(id)
-        .bind(version)
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(version_from_row).transpose()
+        self.point.version(datastore_id, resource_type, id, version)
     }
 
     /// Several versions of one type in one query, in the order of `keys`; missing ones are
