@@ -163,7 +163,7 @@ pub async fn compact_table(
     while let Some(batch) = stream.try_next().await? {
         if current.is_none() {
             current = Some((
-                DataFileWriter::open(&table, batch.schema_ref()).await?,
+                DataFileWriter::open(&table, batch.schema_ref(), &HashSet::new()).await?,
                 Vec::new(),
             ));
         }

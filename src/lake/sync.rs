@@ -144,7 +144,15 @@ pub async fn sync_table(
         if !live.is_empty() {
             // Flatten and write in slices: only one slice's parsed JSON and Arrow arrays are
             // in memory at a time, whatever the batch size.
-            let mut writer = DataFileWriter::open(&table, &schema.arrow_schema()).await?;
+            let present = top_level_members(&live);
+            let null_columns: HashSet<&str> = schema
+                .fields
+                .iter()
+                .filter(|f| f.fhir != "system" && !present.contains(f.name.as_str()))
+                .map(|f| f.name.as_str())
+                .collect();
+            let mut writer =
+                DataFileWriter::open(&table, &schema.arrow_schema(), &null_columns).await?;
             for slice in live.chunks(FLATTEN_SLICE) {
                 let inputs: Vec<FlatInput<'_>> = slice
                     .iter()
@@ -295,4 +303,30 @@ async fn read_position_deletes(table: &Table, path: &str) -> Result<Vec<(String,
         }
     }
     Ok(out)
+}
+
+/// The top-level member names found in any of the changes' JSON (a column named otherwise
+/// holds only nulls in their data file). Values are skipped, not parsed.
+fn top_level_members<'a>(changes: &[&'a Change]) -> HashSet<&'a str> {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    struct Keys<'s, 'a>(&'s mut HashSet<&'a str>);
+    impl<'de: 'a, 'a> Visitor<'de> for Keys<'_, 'a> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<&'de str>()? {
+                self.0.insert(key);
+                map.next_value::<IgnoredAny>()?;
+            }
+            Ok(())
+        }
+    }
+    let mut keys = HashSet::new();
+    for json in changes.iter().filter_map(|c| c.json.as_deref()) {
+        // A member name with escapes cannot borrow; such a name is no FHIR element anyway.
+        let _ = serde_json::Deserializer::from_str(json).deserialize_map(Keys(&mut keys));
+    }
+    keys
 }
