@@ -16,13 +16,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
 use super::StoreError;
 use super::codec::decompress;
-use super::reads::StoredVersion;
+use super::reads::{StoredVersion, VERSION_COLUMNS as COLUMNS};
 
 /// Idle connections kept (more are opened under load and closed when returned).
 const KEEP: usize = 8;
-
-const COLUMNS: &str =
-    "v.seq, v.resource_type, v.id, v.version, v.last_updated, v.deleted, v.json_zstd";
 
 /// Read-only connections for point reads.
 #[derive(Debug)]

@@ -68,7 +68,8 @@ pub struct PendingType {
     pub oldest_pending: String,
 }
 
-const VERSION_COLUMNS: &str =
+/// The columns of a [`StoredVersion`], in the order every version reader decodes them.
+pub(super) const VERSION_COLUMNS: &str =
     "v.seq, v.resource_type, v.id, v.version, v.last_updated, v.deleted, v.json_zstd";
 
 fn version_from_row(row: &SqliteRow) -> Result<StoredVersion, StoreError> {
