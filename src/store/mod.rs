@@ -9,6 +9,7 @@
 //! SQLite (through sqlx) is the embedded default; the SQL stays portable so a Postgres pool
 //! can take its place.
 
+mod checkpointer;
 mod codec;
 mod datastores;
 mod jobs;
@@ -96,6 +97,8 @@ pub struct Store {
     /// Bumped after every committed resource write, so readers that need their own writes
     /// in the lake (search) can tell cheaply whether a lake sync is due.
     writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Checkpoints the write-ahead log in the background while any handle lives.
+    _checkpointer: std::sync::Arc<checkpointer::Checkpointer>,
     /// Decompressed versions recently read (versions are immutable, so never stale).
     versions: version_cache::VersionCache,
 }
@@ -188,11 +191,19 @@ impl Store {
             // only a power loss may drop the last transactions.
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .pragma("cache_size", "-65536");
+            // A background thread checkpoints (see `checkpointer`); a commit does only when
+            // the log outgrows this backstop.
+            .pragma(
+                "wal_autocheckpoint",
+                checkpointer::BACKSTOP_PAGES.to_string(),
+            )
+            .pragma("cache_size", "-16384");
         let mut conn = options.connect().await?;
         sqlx::raw_sql(SCHEMA).execute(&mut conn).await?;
         let writes = std::sync::Arc::<std::sync::atomic::AtomicU64>::default();
         let writer = Writer::start(conn, options.clone(), writes.clone());
+        let checkpointer = checkpointer::Checkpointer::start(path, writes.clone())
+            .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // Readers never write; a connection found inside a transaction when it is
@@ -209,6 +220,7 @@ impl Store {
             point: std::sync::Arc::new(point_reads::PointReader::new(path)),
             writer,
             writes,
+            _checkpointer: std::sync::Arc::new(checkpointer),
             versions: Default::default(),
         })
     }
