@@ -16,6 +16,8 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
+use iceberg::Runtime;
+use iceberg::spec::TableMetadata;
 use iceberg::spec::{
     DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
     ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
@@ -105,9 +107,19 @@ pub struct Committer {
     /// The catalog's own database, for the compare-and-set pointer swap.
     pool: SqlitePool,
     catalog_name: String,
+    /// Loaded tables by identifier. An entry is used only while the catalog still points at
+    /// its metadata file, so it saves re-reading and re-parsing the metadata JSON on every
+    /// commit, scan and search without ever serving a stale snapshot.
+    tables: Arc<std::sync::Mutex<HashMap<TableIdent, Table>>>,
 }
 
 const MAX_ATTEMPTS: usize = 30;
+
+/// Snapshots a table keeps unless its `history.expire.min-snapshots-to-keep` property says
+/// otherwise. The lake sync commits every half second under load, so Iceberg's default of
+/// keeping five days of snapshots would grow the metadata file (read and rewritten by every
+/// commit) without bound.
+pub const DEFAULT_SNAPSHOTS_TO_KEEP: usize = 100;
 
 impl Committer {
     pub fn new(catalog: Arc<dyn Catalog>, pool: SqlitePool, catalog_name: String) -> Self {
@@ -115,7 +127,41 @@ impl Committer {
             catalog,
             pool,
             catalog_name,
+            tables: Default::default(),
         }
+    }
+
+    /// The table as the catalog currently points at it, `None` when it does not exist;
+    /// parsed from its metadata file only when that changed since the last call.
+    pub async fn load(&self, ident: &TableIdent) -> Result<Option<Table>, CommitError> {
+        let Some(location) = self.metadata_location(ident).await? else {
+            return Ok(None);
+        };
+        let cached = self
+            .tables
+            .lock()
+            .expect("table cache lock")
+            .get(ident)
+            .filter(|t| t.metadata_location() == Some(location.as_str()))
+            .cloned();
+        if let Some(table) = cached {
+            return Ok(Some(table));
+        }
+        let table = self.catalog.load_table(ident).await?;
+        self.remember(table.clone());
+        Ok(Some(table))
+    }
+
+    /// Drops `ident` from the cache (its table was dropped).
+    pub fn forget(&self, ident: &TableIdent) {
+        self.tables.lock().expect("table cache lock").remove(ident);
+    }
+
+    fn remember(&self, table: Table) {
+        self.tables
+            .lock()
+            .expect("table cache lock")
+            .insert(table.identifier().clone(), table);
     }
 
     /// Where the catalog points for `ident`, `None` when the table does not exist.
@@ -144,7 +190,11 @@ impl Committer {
         changes: &TableChanges,
     ) -> Result<Table, CommitError> {
         for attempt in 0..MAX_ATTEMPTS {
-            let table = self.catalog.load_table(ident).await?;
+            let table = match self.load(ident).await? {
+                Some(table) => table,
+                // Not in the catalog: let the catalog say so in its own words.
+                None => self.catalog.load_table(ident).await?,
+            };
             let current = table.metadata().current_snapshot_id();
             if let Base::Snapshot(expected) = changes.base
                 && current != expected
@@ -155,7 +205,7 @@ impl Committer {
                     found: current,
                 });
             }
-            let new_location = self.write_next_metadata(&table, changes).await?;
+            let (new_location, new_metadata) = self.write_next_metadata(&table, changes).await?;
             let old_location = table
                 .metadata_location()
                 .expect("catalog-loaded tables have a metadata location")
@@ -175,7 +225,15 @@ impl Committer {
             .await?
             .rows_affected();
             if swapped == 1 {
-                return Ok(self.catalog.load_table(ident).await?);
+                let table = Table::builder()
+                    .file_io(table.file_io().clone())
+                    .identifier(ident.clone())
+                    .metadata_location(new_location)
+                    .metadata(new_metadata)
+                    .runtime(Runtime::current())
+                    .build()?;
+                self.remember(table.clone());
+                return Ok(table);
             }
             // Someone else committed first: our files stay unreferenced; build on theirs after
             // a short, growing, jittered pause so competing writers spread out.
@@ -193,12 +251,12 @@ impl Committer {
     }
 
     /// Writes manifests, manifest list and metadata for the next snapshot; returns the new
-    /// metadata location (not yet visible to anyone).
+    /// metadata and its location (not yet visible to anyone).
     async fn write_next_metadata(
         &self,
         table: &Table,
         changes: &TableChanges,
-    ) -> Result<String, CommitError> {
+    ) -> Result<(String, TableMetadata), CommitError> {
         let metadata = table.metadata();
         let file_io = table.file_io();
         let schema = metadata.current_schema().clone();
@@ -326,6 +384,7 @@ impl Committer {
             metadata.clone(),
             Some(current_location.clone()),
         )
+        .remove_snapshots(&expired_snapshots(metadata))
         .add_snapshot(snapshot)?
         .set_ref(
             MAIN_BRANCH,
@@ -340,8 +399,34 @@ impl Committer {
             .with_next_version()
             .with_new_metadata(&new_metadata);
         new_metadata.write_to(file_io, &new_location).await?;
-        Ok(new_location.to_string())
+        Ok((new_location.to_string(), new_metadata))
     }
+}
+
+/// The snapshots the next commit expires so that `keep` remain after it: the current one, the
+/// one the commit adds and the newest others, where `keep` is the table's
+/// `history.expire.min-snapshots-to-keep` or [`DEFAULT_SNAPSHOTS_TO_KEEP`]. Their files stay on
+/// storage; only the metadata forgets them.
+fn expired_snapshots(metadata: &TableMetadata) -> Vec<i64> {
+    let keep = metadata
+        .properties()
+        .get("history.expire.min-snapshots-to-keep")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(DEFAULT_SNAPSHOTS_TO_KEEP)
+        .max(1);
+    let current = metadata.current_snapshot_id();
+    let mut snapshots: Vec<(i64, i64)> = metadata
+        .snapshots()
+        .filter(|s| Some(s.snapshot_id()) != current)
+        .map(|s| (s.timestamp_ms(), s.snapshot_id()))
+        .collect();
+    // Newest first; the current snapshot counts as one of the kept ones.
+    snapshots.sort_unstable_by(|a, b| b.cmp(a));
+    snapshots
+        .into_iter()
+        .skip(keep.saturating_sub(2))
+        .map(|(_, id)| id)
+        .collect()
 }
 
 /// A positive snapshot id not used by the table yet.

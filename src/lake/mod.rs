@@ -28,7 +28,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
 use crate::schema::{Registry, SchemaError};
 
-pub use commit::{Base, CommitError, Committer, TableChanges, WATERMARK_PROPERTY};
+pub use commit::{
+    Base, CommitError, Committer, DEFAULT_SNAPSHOTS_TO_KEEP, TableChanges, WATERMARK_PROPERTY,
+};
 pub use warehouse::Warehouse;
 
 /// Name of the Iceberg catalog in the catalog database (pyiceberg's `SqlCatalog(name)`).
@@ -71,10 +73,6 @@ pub struct Lake {
     file_io: FileIO,
     /// Where the per-table commit locks live (beside the catalog database).
     locks: PathBuf,
-    /// Loaded tables by identifier. An entry is used only while the catalog still points at
-    /// its metadata file, so it saves re-reading and re-parsing the (large, for wide types)
-    /// metadata JSON on every scan and search without ever serving a stale snapshot.
-    tables: Arc<std::sync::Mutex<HashMap<TableIdent, Table>>>,
 }
 
 impl Lake {
@@ -132,7 +130,6 @@ impl Lake {
             warehouse,
             file_io,
             locks,
-            tables: Default::default(),
         })
     }
 
@@ -176,25 +173,7 @@ impl Lake {
         resource_type: &str,
     ) -> Result<Option<Table>, LakeError> {
         let ident = Self::table_ident(datastore, resource_type);
-        let Some(location) = self.committer.metadata_location(&ident).await? else {
-            return Ok(None);
-        };
-        let cached = self
-            .tables
-            .lock()
-            .expect("table cache lock")
-            .get(&ident)
-            .filter(|t| t.metadata_location() == Some(location.as_str()))
-            .cloned();
-        if let Some(table) = cached {
-            return Ok(Some(table));
-        }
-        let table = self.catalog.load_table(&ident).await?;
-        self.tables
-            .lock()
-            .expect("table cache lock")
-            .insert(ident, table.clone());
-        Ok(Some(table))
+        Ok(self.committer.load(&ident).await?)
     }
 
     /// The table of `resource_type`, created (with its namespace) on first use.
@@ -249,7 +228,7 @@ impl Lake {
         if self.catalog.namespace_exists(&ns).await? {
             for ident in self.catalog.list_tables(&ns).await? {
                 self.catalog.drop_table(&ident).await?;
-                self.tables.lock().expect("table cache lock").remove(&ident);
+                self.committer.forget(&ident);
             }
             self.catalog.drop_namespace(&ns).await?;
         }

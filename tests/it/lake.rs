@@ -328,6 +328,55 @@ async fn patient_file(table: &iceberg::table::Table, id: &str) -> iceberg::spec:
 }
 
 #[tokio::test]
+async fn commits_expire_all_but_the_newest_snapshots() {
+    use fhirlake::lake::{DEFAULT_SNAPSHOTS_TO_KEEP, Lake, TableChanges};
+    let dir = tempfile::tempdir().unwrap();
+    let inst = Installation::open(dir.path()).await.unwrap();
+    let table = inst.lake.ensure_table("fhir", "Patient").await.unwrap();
+    let ident = Lake::table_ident("fhir", "Patient");
+    let commits = DEFAULT_SNAPSHOTS_TO_KEEP + 5;
+    let mut first = Vec::new();
+    for i in 0..commits {
+        let changes = TableChanges {
+            added_data: vec![patient_file(&table, &format!("p{i}")).await],
+            ..Default::default()
+        };
+        let t = inst
+            .lake
+            .committer()
+            .commit(&ident, &changes)
+            .await
+            .unwrap();
+        if i < 5 {
+            first.push(t.metadata().current_snapshot_id().unwrap());
+        }
+    }
+    let table = inst.lake.table("fhir", "Patient").await.unwrap().unwrap();
+    let metadata = table.metadata();
+    // The metadata (read and rewritten by every commit) stops growing at the retention...
+    assert_eq!(metadata.snapshots().count(), DEFAULT_SNAPSHOTS_TO_KEEP);
+    assert!(
+        first
+            .iter()
+            .all(|id| metadata.snapshot_by_id(*id).is_none())
+    );
+    // ...while the current snapshot still has every row, and its totals are carried over.
+    assert_eq!(scan_ids(&inst, "fhir", "Patient").await.len(), commits);
+    let summary = metadata.current_snapshot().unwrap().summary();
+    assert_eq!(
+        summary.additional_properties["total-records"],
+        commits.to_string()
+    );
+    // The history names only snapshots the table still has.
+    assert!(
+        metadata
+            .history()
+            .iter()
+            .all(|e| metadata.snapshot_by_id(e.snapshot_id).is_some())
+    );
+}
+
+#[tokio::test]
 async fn concurrent_commits_to_one_table_all_land() {
     use fhirlake::lake::{Lake, TableChanges};
     let dir = tempfile::tempdir().unwrap();
