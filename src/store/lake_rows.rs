@@ -10,6 +10,8 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{Store, StoreError, begin_immediate};
 
 const ROWS_PER_STATEMENT: usize = 400;
+/// Most index rows one writer job of a rebuild deletes or inserts.
+const RESET_ROWS_PER_JOB: usize = 4_000;
 
 /// A live data file of a table, as the store knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,11 +179,13 @@ impl Store {
         files: Vec<AddedFile>,
     ) -> Result<(), StoreError> {
         let table = TableKey::new(datastore_id, resource_type);
+        // The state goes first: until it is written again below, the index is known
+        // incomplete and gets rebuilt after a crash.
         let clear = table.clone();
         self.exclusive(move |conn| {
             Box::pin(async move {
                 let mut tx = begin_immediate(conn).await?;
-                for name in ["lake_rows", "lake_files", "lake_state"] {
+                for name in ["lake_state", "lake_files"] {
                     sqlx::query(&format!(
                         "DELETE FROM {name} WHERE datastore_id = ? AND resource_type = ?"
                     ))
@@ -195,18 +199,47 @@ impl Store {
             })
         })
         .await?;
-        // One writer job per file, so resource writes interleave with a large rebuild.
+        // Everything else in writer jobs of at most RESET_ROWS_PER_JOB rows, so resource
+        // writes interleave with a rebuild of any size (one job for a compacted table of
+        // 60,000 rows held every write back for a third of a second).
+        loop {
+            let clear = table.clone();
+            let deleted = self
+                .exclusive(move |conn| Box::pin(async move { Ok(clear.clear_rows(conn).await?) }))
+                .await?;
+            if deleted == 0 {
+                break;
+            }
+        }
         for file in files {
-            let table = table.clone();
-            self.exclusive(move |conn| {
-                Box::pin(async move {
-                    let mut tx = begin_immediate(conn).await?;
-                    table.insert_file(&mut tx, &file).await?;
-                    tx.commit().await?;
-                    Ok(())
+            let live: Vec<(i64, String)> = file
+                .ids
+                .iter()
+                .enumerate()
+                .filter(|(_, id)| !id.is_empty())
+                .map(|(pos, id)| (pos as i64, id.clone()))
+                .collect();
+            let (key, path, records, lives) =
+                (table.clone(), file.path, file.ids.len(), live.len());
+            let file_id = self
+                .exclusive(move |conn| {
+                    Box::pin(async move {
+                        Ok(key.insert_file_record(conn, &path, records, lives).await?)
+                    })
                 })
-            })
-            .await?;
+                .await?;
+            for chunk in live.chunks(RESET_ROWS_PER_JOB) {
+                let (key, chunk) = (table.clone(), chunk.to_vec());
+                self.exclusive(move |conn| {
+                    Box::pin(async move {
+                        let mut tx = begin_immediate(conn).await?;
+                        key.insert_rows(&mut tx, file_id, &chunk).await?;
+                        tx.commit().await?;
+                        Ok(())
+                    })
+                })
+                .await?;
+            }
         }
         // Written last: until it is, the index is known incomplete and gets rebuilt again.
         self.exclusive(move |conn| {
@@ -271,6 +304,20 @@ impl TableKey {
         Ok(())
     }
 
+    /// Deletes up to [`RESET_ROWS_PER_JOB`] of the table's rows; returns how many.
+    async fn clear_rows(&self, conn: &mut sqlx::SqliteConnection) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM lake_rows WHERE datastore_id = ?1 AND resource_type = ?2 AND id IN \
+             (SELECT id FROM lake_rows WHERE datastore_id = ?1 AND resource_type = ?2 LIMIT ?3)",
+        )
+        .bind(&self.datastore_id)
+        .bind(&self.resource_type)
+        .bind(RESET_ROWS_PER_JOB as i64)
+        .execute(conn)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Records the watermark and the snapshot the row index describes.
     async fn set_state(
         &self,
@@ -299,34 +346,58 @@ impl TableKey {
         conn: &mut sqlx::SqliteConnection,
         file: &AddedFile,
     ) -> Result<(), sqlx::Error> {
-        let (datastore_id, resource_type) = (&self.datastore_id, &self.resource_type);
-        let live: Vec<(usize, &String)> = file
+        let live: Vec<(i64, String)> = file
             .ids
             .iter()
             .enumerate()
             .filter(|(_, id)| !id.is_empty())
+            .map(|(pos, id)| (pos as i64, id.clone()))
             .collect();
-        let file_id: i64 = sqlx::query_scalar(
+        let file_id = self
+            .insert_file_record(conn, &file.path, file.ids.len(), live.len())
+            .await?;
+        self.insert_rows(conn, file_id, &live).await
+    }
+
+    /// Records a data file with its row counts; returns its id.
+    async fn insert_file_record(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        path: &str,
+        records: usize,
+        live: usize,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
             "INSERT INTO lake_files (datastore_id, resource_type, path, record_count, live_count) \
-         VALUES (?, ?, ?, ?, ?) RETURNING file_id",
+             VALUES (?, ?, ?, ?, ?) RETURNING file_id",
         )
-        .bind(datastore_id)
-        .bind(resource_type)
-        .bind(&file.path)
-        .bind(file.ids.len() as i64)
-        .bind(live.len() as i64)
+        .bind(&self.datastore_id)
+        .bind(&self.resource_type)
+        .bind(path)
+        .bind(records as i64)
+        .bind(live as i64)
         .fetch_one(&mut *conn)
-        .await?;
-        for chunk in live.chunks(ROWS_PER_STATEMENT) {
+        .await
+    }
+
+    /// Records the lake position of rows (position, id) of the file `file_id`.
+    async fn insert_rows(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        file_id: i64,
+        rows: &[(i64, String)],
+    ) -> Result<(), sqlx::Error> {
+        let (datastore_id, resource_type) = (&self.datastore_id, &self.resource_type);
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO lake_rows (datastore_id, resource_type, id, file_id, pos) ",
             );
             q.push_values(chunk, |mut b, (pos, id)| {
                 b.push_bind(datastore_id)
                     .push_bind(resource_type)
-                    .push_bind(*id)
+                    .push_bind(id)
                     .push_bind(file_id)
-                    .push_bind(*pos as i64);
+                    .push_bind(*pos);
             });
             q.push(
                 " ON CONFLICT (datastore_id, resource_type, id) DO UPDATE SET \
