@@ -6,8 +6,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::new_null_array;
+use arrow::array::{ArrayRef, Int64Array, StringArray, new_null_array};
+use arrow::compute::cast;
 use arrow::datatypes::{Field as ArrowField, Schema as ArrowSchema};
+use arrow::error::ArrowError;
 use arrow::json::ReaderBuilder;
 use arrow::record_batch::RecordBatch;
 use serde_json::{Map, Value};
@@ -52,19 +54,7 @@ pub fn flatten(
                 "not an object".into(),
             ));
         };
-        let mut row = normalize_object(obj, schema.columns(), Some(&mut presence));
-        for (i, f) in schema.fields.iter().enumerate() {
-            let v: Option<Value> = match f.name.as_str() {
-                RESOURCE_COLUMN => Some(Value::String(input.json.to_string())),
-                VERSION_COLUMN => Some(Value::from(input.version)),
-                LAST_UPDATED_COLUMN => Some(Value::String(input.last_updated.to_string())),
-                _ => None,
-            };
-            if let Some(v) = v {
-                presence[i] = true;
-                row.insert(f.name.clone(), v);
-            }
-        }
+        let row = normalize_object(obj, schema.columns(), Some(&mut presence));
         rows.push(Value::Object(row));
     }
     if let Some(i) = schema.fields.iter().position(|f| f.name == "id") {
@@ -99,14 +89,40 @@ pub fn flatten(
     let columns = full
         .fields()
         .iter()
-        .map(|f| {
-            present
+        .map(|f| match system_column(f, inputs)? {
+            Some(column) => Ok(column),
+            None => Ok(present
                 .column_by_name(f.name())
                 .cloned()
-                .unwrap_or_else(|| new_null_array(f.data_type(), present.num_rows()))
+                .unwrap_or_else(|| new_null_array(f.data_type(), present.num_rows()))),
         })
-        .collect();
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(arrow_err)?;
     RecordBatch::try_new(full, columns).map_err(arrow_err)
+}
+
+/// The columns fhirlake adds (the stored JSON, its version and time), built straight from the
+/// inputs: passing the whole JSON text through the JSON decoder as one more string value
+/// copied and re-scanned every resource twice.
+fn system_column(
+    field: &ArrowField,
+    inputs: &[FlatInput<'_>],
+) -> Result<Option<ArrayRef>, ArrowError> {
+    let column: ArrayRef = match field.name().as_str() {
+        RESOURCE_COLUMN => Arc::new(StringArray::from_iter_values(inputs.iter().map(|i| i.json))),
+        VERSION_COLUMN => Arc::new(Int64Array::from_iter_values(
+            inputs.iter().map(|i| i.version),
+        )),
+        LAST_UPDATED_COLUMN => Arc::new(StringArray::from_iter_values(
+            inputs.iter().map(|i| i.last_updated),
+        )),
+        _ => return Ok(None),
+    };
+    if column.data_type() == field.data_type() {
+        Ok(Some(column))
+    } else {
+        cast(&column, field.data_type()).map(Some)
+    }
 }
 
 /// Keeps known fields, turns JSON-kind values into their text, and records which top-level
@@ -217,6 +233,25 @@ mod tests {
                 .as_string::<i32>()
                 .value(0),
             json
+        );
+        let version = batch.column_by_name(VERSION_COLUMN).unwrap();
+        assert_eq!(
+            version
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            2
+        );
+        let updated = arrow::compute::cast(
+            batch.column_by_name(LAST_UPDATED_COLUMN).unwrap(),
+            &arrow::datatypes::DataType::Int64,
+        )
+        .unwrap();
+        // 2026-01-01T00:00:00Z in the column's unit (microseconds).
+        assert_eq!(
+            updated
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            1_767_225_600_000_000
         );
         assert!(
             batch
