@@ -67,3 +67,31 @@ pub(super) fn checkpoint(path: &Path) -> rusqlite::Result<(i64, i64)> {
         Ok((row.get(1)?, row.get(2)?))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_passive_checkpoint_copies_the_whole_log_when_nobody_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "wal").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (x BLOB); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 500) \
+             INSERT INTO t SELECT randomblob(1000) FROM n;",
+        )
+        .unwrap();
+        let (log, copied) = checkpoint(&path).unwrap();
+        assert!(log > 100, "the inserts went to the log: {log} pages");
+        assert_eq!(copied, log);
+        // The writer's connection sees its rows, now in the database file itself.
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 500);
+    }
+}
