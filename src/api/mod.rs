@@ -104,6 +104,7 @@ impl ApiState {
         config: ApiConfig,
         default_host: String,
     ) -> Result<Self, ServeError> {
+        installation.datastore(None).await?;
         let state = Self::detached(installation, config, default_host).await?;
         for ds in state.inner.installation.store.list_datastores().await? {
             if ds.status.is_served() {
@@ -115,13 +116,13 @@ impl ApiState {
 
     /// A state serving no data store yet: for in-process control-plane commands, which
     /// serve only the data stores they create (so their lake sync runs) and must not start
-    /// syncs for the others, which a running server may be syncing.
+    /// syncs for the others, which a running server may be syncing. Creates no data store
+    /// (`datastore create --name x` on a fresh installation makes `x` and nothing else).
     pub async fn detached(
         installation: Installation,
         config: ApiConfig,
         default_host: String,
     ) -> Result<Self, ServeError> {
-        installation.datastore(None).await?;
         Ok(Self {
             inner: Arc::new(StateInner {
                 installation,

@@ -215,7 +215,11 @@ impl ControlPlane {
         shapes::check_id("DatastoreId", id)?;
         let ds = match self.inner.installation.store.datastore(id).await {
             Ok(ds) if ds.id == id => ds,
-            Ok(_) | Err(crate::store::StoreError::NoSuchDatastore(_)) => return Err(not_found()),
+            Ok(_)
+            | Err(
+                crate::store::StoreError::NoSuchDatastore(_)
+                | crate::store::StoreError::AmbiguousDatastore { .. },
+            ) => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
         let props = self

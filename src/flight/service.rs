@@ -74,7 +74,8 @@ pub struct FlightDatastores {
     /// Holds every data store; per-data-store engines share its registrations.
     root: SqlEngine,
     lake: crate::lake::Lake,
-    /// Data store id -> SQL name, so the header may name a store by either.
+    /// Data store id and creation name (DatastoreName) -> SQL name, so the header may name a
+    /// store by any of the three.
     ids: std::sync::RwLock<HashMap<String, String>>,
     engines: Mutex<HashMap<String, Arc<SqlEngine>>>,
 }
@@ -95,10 +96,13 @@ impl FlightDatastores {
             &ds.name,
             crate::lake::provider::LakeTable::all_types(&self.lake, &ds.name),
         )?;
-        self.ids
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ds.id.clone(), ds.name.to_lowercase());
+        // Its id and the name it was created with (`bar-store`) name it as well as its SQL
+        // name (`bar_store`), as everywhere else.
+        let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
+        ids.insert(ds.id.clone(), ds.name.to_lowercase());
+        if let Some(display) = &ds.display_name {
+            ids.insert(display.clone(), ds.name.to_lowercase());
+        }
         Ok(())
     }
 
@@ -106,10 +110,12 @@ impl FlightDatastores {
     pub fn deregister(&self, ds: &crate::store::Datastore) {
         let name = ds.name.to_lowercase();
         self.root.deregister_datastore(&name);
-        self.ids
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ds.id);
+        let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
+        ids.remove(&ds.id);
+        if let Some(display) = &ds.display_name {
+            ids.remove(display);
+        }
+        drop(ids);
         self.engines
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -56,6 +56,9 @@ pub struct Datastore {
     pub id: String,
     /// Unique name; also the Iceberg namespace and the SQL schema.
     pub name: String,
+    /// The name a control-plane user gave it (HealthLake's DatastoreName, e.g. `bar-store`),
+    /// from which `name` was derived; `None` for data stores the CLI created by SQL name.
+    pub display_name: Option<String>,
     pub status: DatastoreStatus,
     /// RFC 3339 creation time.
     pub created_at: String,
@@ -79,10 +82,15 @@ pub fn validate_name(name: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Data store rows with their display names, for [`from_row`].
+const SELECT_DATASTORES: &str = "SELECT d.*, json_extract(p.properties, '$.DatastoreName') \
+     AS display_name FROM datastores d LEFT JOIN datastore_properties p ON p.id = d.id";
+
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Datastore {
     Datastore {
         id: row.get("id"),
         name: row.get("name"),
+        display_name: row.get("display_name"),
         status: DatastoreStatus::parse(row.get::<&str, _>("status")),
         created_at: row.get("created_at"),
         is_default: row.get::<i64, _>("is_default") != 0,
@@ -263,21 +271,40 @@ impl Store {
         .await
     }
 
-    /// The data store whose name or id is `name_or_id`.
-    pub async fn datastore(&self, name_or_id: &str) -> Result<Datastore, StoreError> {
-        let row = sqlx::query("SELECT * FROM datastores WHERE name = ? OR id = ?")
-            .bind(name_or_id)
-            .bind(name_or_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.as_ref()
-            .map(from_row)
-            .ok_or_else(|| StoreError::NoSuchDatastore(name_or_id.to_string()))
+    /// The data store a user means by `reference`: its id, its SQL name, or the name it was
+    /// created with (HealthLake's DatastoreName, e.g. `bar-store` for SQL name `bar_store`).
+    /// The one resolver of data store references: every command and front end goes through
+    /// it. A DatastoreName shared by several data stores is refused as ambiguous.
+    pub async fn datastore(&self, reference: &str) -> Result<Datastore, StoreError> {
+        let exact = sqlx::query(&format!(
+            "{SELECT_DATASTORES} WHERE d.id = ?1 OR d.name = ?1"
+        ))
+        .bind(reference)
+        .fetch_optional(self.pool())
+        .await?;
+        if let Some(row) = exact {
+            return Ok(from_row(&row));
+        }
+        let rows = sqlx::query(&format!(
+            "{SELECT_DATASTORES} WHERE json_extract(p.properties, '$.DatastoreName') = ? \
+             AND d.status <> 'DELETED' ORDER BY d.created_at"
+        ))
+        .bind(reference)
+        .fetch_all(self.pool())
+        .await?;
+        match rows.as_slice() {
+            [] => Err(StoreError::NoSuchDatastore(reference.to_string())),
+            [row] => Ok(from_row(row)),
+            many => Err(StoreError::AmbiguousDatastore {
+                name: reference.to_string(),
+                ids: many.iter().map(|r| r.get("id")).collect(),
+            }),
+        }
     }
 
     /// The default data store, if any exists.
     pub async fn default_datastore(&self) -> Result<Option<Datastore>, StoreError> {
-        let row = sqlx::query("SELECT * FROM datastores WHERE is_default = 1")
+        let row = sqlx::query(&format!("{SELECT_DATASTORES} WHERE d.is_default = 1"))
             .fetch_optional(self.pool())
             .await?;
         Ok(row.as_ref().map(from_row))
@@ -285,9 +312,11 @@ impl Store {
 
     /// All data stores, oldest first.
     pub async fn list_datastores(&self) -> Result<Vec<Datastore>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM datastores ORDER BY created_at, name")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(&format!(
+            "{SELECT_DATASTORES} ORDER BY d.created_at, d.name"
+        ))
+        .fetch_all(self.pool())
+        .await?;
         Ok(rows.iter().map(from_row).collect())
     }
 }

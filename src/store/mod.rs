@@ -69,6 +69,12 @@ pub enum StoreError {
     /// No data store with that name or id.
     #[error("no data store named or with id '{0}'")]
     NoSuchDatastore(String),
+    /// Several live data stores were created with this DatastoreName.
+    #[error(
+        "several data stores are named '{name}' (ids {}); name one by its id or SQL name",
+        ids.join(", ")
+    )]
+    AmbiguousDatastore { name: String, ids: Vec<String> },
     /// A data store name already in use.
     #[error("a data store named '{0}' already exists")]
     DuplicateDatastore(String),

@@ -494,6 +494,61 @@ fn the_cli_creates_lists_tags_and_deletes() {
     assert!(err.contains("ResourceNotFoundException"), "{err}");
 }
 
+/// A data store created as `bar-store` answers to that name, its SQL name and its id in
+/// every command, and creating it makes no other data store.
+#[test]
+fn every_command_resolves_a_data_store_by_its_creation_name_sql_name_or_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let (ok, out, err) = run(&[
+        "datastore",
+        "create",
+        "--name",
+        "bar-store",
+        "--output",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    let id = created["DatastoreId"].as_str().unwrap().to_string();
+    let (_, out, _) = run(&["datastore", "list", "--output", "json"]);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = listed["DatastorePropertiesList"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["DatastoreName"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["bar-store"], "no unrequested default data store");
+    for reference in ["bar-store", "bar_store", id.as_str()] {
+        let (ok, out, err) = run(&[
+            "sql",
+            "--datastore",
+            reference,
+            "-e",
+            "SELECT 1 AS one",
+            "--format",
+            "csv",
+        ]);
+        assert!(ok, "sql --datastore {reference}: {err}");
+        assert_eq!(out.trim(), "one\n1", "{reference}");
+    }
+    let (ok, _, err) = run(&["sql", "--datastore", "nope", "-e", "SELECT 1"]);
+    assert!(
+        !ok && err.contains("no data store named or with id 'nope'"),
+        "{err}"
+    );
+}
+
 /// FHIR Bulk Data `$export` and the SDK's export jobs on the same machinery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_export_over_rest_and_the_sdk() {
