@@ -50,126 +50,150 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Import FHIR NDJSON (a file or a directory of .ndjson/.ndjson.gz files).
-    Import {
-        /// A file, a directory, or an s3:// prefix or object (AWS_* environment; staged
-        /// through the data directory).
-        path: PathBuf,
-        /// Data store to import into (created if missing; default: the installation's default).
-        #[arg(long)]
-        datastore: Option<String>,
-        /// Do not show a progress bar.
-        #[arg(long)]
-        quiet: bool,
-    },
+    Import(ImportArgs),
     /// Export a data store's current resources as NDJSON (one file per type, rolled at
     /// --max-file-mb), from one point in time, with a manifest.json.
-    Export {
-        /// Output directory (created), or an s3:// prefix (AWS_* environment; written to the
-        /// data directory's staging area and uploaded when complete).
-        out: PathBuf,
-        /// Data store (default: the installation's default).
-        #[arg(long)]
-        datastore: Option<String>,
-        /// Only these resource types (comma-separated, as `_type`).
-        #[arg(long = "type", value_delimiter = ',')]
-        types: Vec<String>,
-        /// Only resources last updated at or after this instant (as `_since`).
-        #[arg(long)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only the Patient compartment (as `Patient/$export`).
-        #[arg(long, conflicts_with = "group")]
-        patient: bool,
-        /// Only the compartments of this Group's member patients (as `Group/{id}/$export`).
-        #[arg(long)]
-        group: Option<String>,
-        /// Roll files at this size.
-        #[arg(long, default_value_t = 1024)]
-        max_file_mb: u64,
-    },
+    Export(ExportArgs),
     /// Run SQL (Athena dialect) over the lake: interactive, or `-e`/`-f` scripts.
-    Sql {
-        /// Data store whose tables unqualified names refer to (default: the default store).
-        #[arg(long)]
-        datastore: Option<String>,
-        /// Run these statements and exit.
-        #[arg(
-            short = 'e',
-            long = "execute",
-            conflicts_with = "file",
-            allow_hyphen_values = true
-        )]
-        execute: Option<String>,
-        /// Run the statements of this file and exit.
-        #[arg(short = 'f', long)]
-        file: Option<PathBuf>,
-        /// Result format.
-        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
-        format: OutputFormat,
-        /// Write results to this file instead of stdout.
-        #[arg(long)]
-        output: Option<PathBuf>,
-        /// Run against a fhirlake Flight SQL server (grpc://HOST:PORT or grpc+tls://…)
-        /// instead of the local data directory.
-        #[arg(long, value_name = "URL")]
-        connect: Option<String>,
-        /// Bearer token for --connect.
-        #[arg(
-            long,
-            env = "FHIRLAKE_FLIGHT_SQL_TOKEN",
-            hide_env_values = true,
-            requires = "connect"
-        )]
-        token: Option<String>,
-        /// User name for --connect (the password comes from FHIRLAKE_FLIGHT_SQL_PASSWORD).
-        #[arg(long, requires = "connect")]
-        user: Option<String>,
-        /// CA certificate (PEM) for a grpc+tls server with a private CA.
-        #[arg(long, requires = "connect")]
-        tls_ca: Option<PathBuf>,
-    },
+    Sql(SqlArgs),
     /// Serve the FHIR R4 REST API (one base URL per data store).
-    Serve {
-        /// Address to listen on (port 0 picks a free one).
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        http: std::net::SocketAddr,
-        /// Largest accepted request body; larger ones get 413.
-        #[arg(long, default_value_t = 16 << 20)]
-        max_body_bytes: usize,
-        #[command(flatten)]
-        flight: FlightArgs,
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Serve(ServeArgs),
     /// Data stores, as HealthLake's control plane: create, describe, list, delete, tags.
-    Datastore {
-        #[command(subcommand)]
-        command: fhirlake::control::cli::DatastoreCommand,
-        /// Print the operation's JSON response body instead of a table.
-        #[arg(long, value_enum, default_value_t = fhirlake::control::cli::Output::Table, global = true)]
-        output: fhirlake::control::cli::Output,
-        #[command(flatten)]
-        control: ControlArgs,
-    },
+    Datastore(DatastoreArgs),
     /// The demo: load the shipped Synthea sample (once) and open the SQL REPL.
-    Demo {
-        /// Directory with the sample NDJSON.
-        #[arg(long, default_value = "data")]
-        sample: PathBuf,
-    },
+    Demo(DemoArgs),
     /// Compact every table of a data store: rewrite live rows into few files, drop delete files.
-    Compact {
-        #[arg(long)]
-        datastore: Option<String>,
-    },
+    Compact(CompactArgs),
     /// Regenerate the per-type schemas from the FHIR R4 StructureDefinitions.
-    GenSchemas {
-        /// Directory holding profiles-resources.json and profiles-types.json.
-        #[arg(long, default_value = "../shared/fhir-r4")]
-        definitions: PathBuf,
-        /// Output directory.
-        #[arg(long, default_value = "schemas")]
-        out: PathBuf,
-    },
+    GenSchemas(GenSchemasArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// A file, a directory, or an s3:// prefix or object (AWS_* environment; staged
+    /// through the data directory).
+    path: PathBuf,
+    /// Data store to import into (created if missing; default: the installation's default).
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Do not show a progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Output directory (created), or an s3:// prefix (AWS_* environment; written to the
+    /// data directory's staging area and uploaded when complete).
+    out: PathBuf,
+    /// Data store (default: the installation's default).
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Only these resource types (comma-separated, as `_type`).
+    #[arg(long = "type", value_delimiter = ',')]
+    types: Vec<String>,
+    /// Only resources last updated at or after this instant (as `_since`).
+    #[arg(long)]
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only the Patient compartment (as `Patient/$export`).
+    #[arg(long, conflicts_with = "group")]
+    patient: bool,
+    /// Only the compartments of this Group's member patients (as `Group/{id}/$export`).
+    #[arg(long)]
+    group: Option<String>,
+    /// Roll files at this size.
+    #[arg(long, default_value_t = 1024)]
+    max_file_mb: u64,
+}
+
+#[derive(clap::Args)]
+struct SqlArgs {
+    /// Data store whose tables unqualified names refer to (default: the default store).
+    #[arg(long)]
+    datastore: Option<String>,
+    /// Run these statements and exit.
+    #[arg(
+        short = 'e',
+        long = "execute",
+        conflicts_with = "file",
+        allow_hyphen_values = true
+    )]
+    execute: Option<String>,
+    /// Run the statements of this file and exit.
+    #[arg(short = 'f', long)]
+    file: Option<PathBuf>,
+    /// Result format.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+    /// Write results to this file instead of stdout.
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Run against a fhirlake Flight SQL server (grpc://HOST:PORT or grpc+tls://…)
+    /// instead of the local data directory.
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// Bearer token for --connect.
+    #[arg(
+        long,
+        env = "FHIRLAKE_FLIGHT_SQL_TOKEN",
+        hide_env_values = true,
+        requires = "connect"
+    )]
+    token: Option<String>,
+    /// User name for --connect (the password comes from FHIRLAKE_FLIGHT_SQL_PASSWORD).
+    #[arg(long, requires = "connect")]
+    user: Option<String>,
+    /// CA certificate (PEM) for a grpc+tls server with a private CA.
+    #[arg(long, requires = "connect")]
+    tls_ca: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Largest accepted request body; larger ones get 413.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    flight: FlightArgs,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(clap::Args)]
+struct DatastoreArgs {
+    #[command(subcommand)]
+    command: fhirlake::control::cli::DatastoreCommand,
+    /// Print the operation's JSON response body instead of a table.
+    #[arg(long, value_enum, default_value_t = fhirlake::control::cli::Output::Table, global = true)]
+    output: fhirlake::control::cli::Output,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Directory with the sample NDJSON.
+    #[arg(long, default_value = "data")]
+    sample: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CompactArgs {
+    #[arg(long)]
+    datastore: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct GenSchemasArgs {
+    /// Directory holding profiles-resources.json and profiles-types.json.
+    #[arg(long, default_value = "../shared/fhir-r4")]
+    definitions: PathBuf,
+    /// Output directory.
+    #[arg(long, default_value = "schemas")]
+    out: PathBuf,
 }
 
 /// Options of the Flight SQL endpoint that `serve` starts next to the REST API.
@@ -296,7 +320,7 @@ fn main() -> ExitCode {
     fhirlake::install_tls_provider();
     // The server logs each request; interactive commands only warnings. FHIRLAKE_LOG overrides.
     let default_filter = match cli.command {
-        Command::Serve { .. } => "info,sqlx=error",
+        Command::Serve(_) => "info,sqlx=error",
         _ => "warn,sqlx=error",
     };
     tracing_subscriber::fmt()
@@ -333,34 +357,69 @@ fn error_chain(e: &anyhow::Error) -> String {
     message
 }
 
+/// Dispatches to the command's own `run`.
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = Globals {
+        data_dir: cli.data_dir,
+        warehouse: cli.warehouse,
+    };
     match cli.command {
-        Command::Import {
+        Command::Import(args) => args.run(&g).await,
+        Command::Export(args) => args.run(&g).await,
+        Command::Sql(args) => args.run(&g).await,
+        Command::Serve(args) => args.run(&g).await,
+        Command::Datastore(args) => args.run(&g).await,
+        Command::Demo(args) => args.run(&g).await,
+        Command::Compact(args) => args.run(&g).await,
+        Command::GenSchemas(args) => args.run().await,
+    }
+}
+
+/// The options every command takes.
+struct Globals {
+    data_dir: PathBuf,
+    warehouse: Option<Warehouse>,
+}
+
+impl Globals {
+    /// Opens (creating if needed) the installation the options name.
+    async fn open(&self) -> anyhow::Result<Installation> {
+        Ok(Installation::open_with(&self.data_dir, self.warehouse.as_ref()).await?)
+    }
+}
+
+impl ImportArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self {
             path,
             datastore,
             quiet,
-        } => {
-            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-            match s3_uri(&path) {
-                Some(uri) => {
-                    let prefix = S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?;
-                    let staging = cli_staging_dir(&inst);
-                    let staged = prefix.stage_input(&staging).await;
-                    let result = match staged {
-                        Ok(0) => Err(anyhow::anyhow!(
-                            "{uri} holds no .ndjson, .ndjson.gz, .json or .jsonl objects"
-                        )),
-                        Ok(_) => import(&inst, &staging, datastore.as_deref(), quiet).await,
-                        Err(e) => Err(e.into()),
-                    };
-                    let _ = std::fs::remove_dir_all(&staging);
-                    result?;
-                }
-                None => import(&inst, &path, datastore.as_deref(), quiet).await?,
+        } = self;
+        let inst = g.open().await?;
+        match s3_uri(&path) {
+            Some(uri) => {
+                let prefix = S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?;
+                let staging = cli_staging_dir(&inst);
+                let staged = prefix.stage_input(&staging).await;
+                let result = match staged {
+                    Ok(0) => Err(anyhow::anyhow!(
+                        "{uri} holds no .ndjson, .ndjson.gz, .json or .jsonl objects"
+                    )),
+                    Ok(_) => import(&inst, &staging, datastore.as_deref(), quiet).await,
+                    Err(e) => Err(e.into()),
+                };
+                let _ = std::fs::remove_dir_all(&staging);
+                result?;
             }
-            Ok(ExitCode::SUCCESS)
+            None => import(&inst, &path, datastore.as_deref(), quiet).await?,
         }
-        Command::Export {
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl ExportArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self {
             out,
             datastore,
             types,
@@ -368,72 +427,76 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             patient,
             group,
             max_file_mb,
-        } => {
-            use fhirlake::export::{ExportRequest, ExportScope};
-            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-            let ds = inst.datastore(datastore.as_deref()).await?;
-            // An s3:// output is written to a staging directory and uploaded once complete.
-            let upload = match s3_uri(&out) {
-                Some(uri) => Some(S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?),
-                None => None,
-            };
-            let dir = match upload {
-                Some(_) => cli_staging_dir(&inst),
-                None => out.clone(),
-            };
-            let request = ExportRequest {
-                scope: match (patient, group) {
-                    (_, Some(g)) => ExportScope::Group(g),
-                    (true, None) => ExportScope::Patient,
-                    (false, None) => ExportScope::System,
-                },
-                types: (!types.is_empty()).then_some(types),
-                since,
-            };
-            let report = fhirlake::export::export(
-                &inst.store,
-                &ds,
-                &request,
-                &dir,
-                &fhirlake::export::ExportLimits {
-                    max_file_bytes: max_file_mb.max(1) << 20,
-                },
-                &Default::default(),
-                &std::sync::atomic::AtomicBool::new(false),
-            )
-            .await;
-            let written = match report {
-                Ok(report) => report
-                    .write_manifest(&dir, &ds.id, None)
-                    .await
-                    .map(|()| report)
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(e.into()),
-            };
-            let uploaded = match (&written, &upload) {
-                (Ok(_), Some(prefix)) => prefix.upload_dir(&dir).await.map(|_| ()),
-                _ => Ok(()),
-            };
-            if upload.is_some() {
-                let _ = std::fs::remove_dir_all(&dir);
-            }
-            let report = written?;
-            uploaded?;
-            let seconds = report.seconds;
-            println!(
-                "Exported {} resources ({:.1} MB) in {} files to {} in {seconds:.1} s \
-                 ({:.0} resources/s, {:.1} MB/s); as of {}",
-                report.resources(),
-                report.bytes() as f64 / 1e6,
-                report.files.len(),
-                out.display(),
-                report.resources() as f64 / seconds.max(1e-9),
-                report.bytes() as f64 / 1e6 / seconds.max(1e-9),
-                report.transaction_time
-            );
-            Ok(ExitCode::SUCCESS)
+        } = self;
+        use fhirlake::export::{ExportRequest, ExportScope};
+        let inst = g.open().await?;
+        let ds = inst.datastore(datastore.as_deref()).await?;
+        // An s3:// output is written to a staging directory and uploaded once complete.
+        let upload = match s3_uri(&out) {
+            Some(uri) => Some(S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let dir = match upload {
+            Some(_) => cli_staging_dir(&inst),
+            None => out.clone(),
+        };
+        let request = ExportRequest {
+            scope: match (patient, group) {
+                (_, Some(g)) => ExportScope::Group(g),
+                (true, None) => ExportScope::Patient,
+                (false, None) => ExportScope::System,
+            },
+            types: (!types.is_empty()).then_some(types),
+            since,
+        };
+        let report = fhirlake::export::export(
+            &inst.store,
+            &ds,
+            &request,
+            &dir,
+            &fhirlake::export::ExportLimits {
+                max_file_bytes: max_file_mb.max(1) << 20,
+            },
+            &Default::default(),
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .await;
+        let written = match report {
+            Ok(report) => report
+                .write_manifest(&dir, &ds.id, None)
+                .await
+                .map(|()| report)
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        let uploaded = match (&written, &upload) {
+            (Ok(_), Some(prefix)) => prefix.upload_dir(&dir).await.map(|_| ()),
+            _ => Ok(()),
+        };
+        if upload.is_some() {
+            let _ = std::fs::remove_dir_all(&dir);
         }
-        Command::Sql {
+        let report = written?;
+        uploaded?;
+        let seconds = report.seconds;
+        println!(
+            "Exported {} resources ({:.1} MB) in {} files to {} in {seconds:.1} s \
+             ({:.0} resources/s, {:.1} MB/s); as of {}",
+            report.resources(),
+            report.bytes() as f64 / 1e6,
+            report.files.len(),
+            out.display(),
+            report.resources() as f64 / seconds.max(1e-9),
+            report.bytes() as f64 / 1e6 / seconds.max(1e-9),
+            report.transaction_time
+        );
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl SqlArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self {
             datastore,
             execute,
             file,
@@ -443,176 +506,190 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             user,
             tls_ca,
-        } => {
-            let script = match (execute, file) {
-                (Some(sql), _) => Some(sql),
-                (None, Some(f)) => Some(
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("reading {}", f.display()))?,
-                ),
-                (None, None) => None,
-            };
-            let (backend, history) = match connect {
-                Some(url) => {
-                    let basic = match user {
-                        Some(user) => Some((
-                            user,
-                            std::env::var("FHIRLAKE_FLIGHT_SQL_PASSWORD").context(
-                                "--user needs the password in FHIRLAKE_FLIGHT_SQL_PASSWORD",
-                            )?,
-                        )),
-                        None => None,
-                    };
-                    let options = fhirlake::cli::remote::RemoteOptions {
-                        url,
-                        datastore,
-                        token,
-                        basic,
-                        tls_ca,
-                    };
-                    let backend = fhirlake::cli::remote::RemoteBackend::connect(options).await?;
-                    (
-                        Arc::new(backend) as Arc<dyn fhirlake::cli::QueryBackend>,
-                        None,
-                    )
-                }
-                None => {
-                    let inst =
-                        Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-                    let ds = inst.datastore(datastore.as_deref()).await?;
-                    let history = inst.data_dir.join("sql_history");
-                    (local_backend(inst, &ds).await?, Some(history))
-                }
-            };
-            match script {
-                Some(sql) => Ok(run_statements(backend, &sql, format, output.as_deref())
-                    .await?
-                    .exit_code()),
-                None => {
-                    repl(history, backend, format).await?;
-                    Ok(ExitCode::SUCCESS)
-                }
+        } = self;
+        let script = match (execute, file) {
+            (Some(sql), _) => Some(sql),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?,
+            ),
+            (None, None) => None,
+        };
+        let (backend, history) = match connect {
+            Some(url) => {
+                let basic = match user {
+                    Some(user) => Some((
+                        user,
+                        std::env::var("FHIRLAKE_FLIGHT_SQL_PASSWORD")
+                            .context("--user needs the password in FHIRLAKE_FLIGHT_SQL_PASSWORD")?,
+                    )),
+                    None => None,
+                };
+                let options = fhirlake::cli::remote::RemoteOptions {
+                    url,
+                    datastore,
+                    token,
+                    basic,
+                    tls_ca,
+                };
+                let backend = fhirlake::cli::remote::RemoteBackend::connect(options).await?;
+                (
+                    Arc::new(backend) as Arc<dyn fhirlake::cli::QueryBackend>,
+                    None,
+                )
+            }
+            None => {
+                let inst = g.open().await?;
+                let ds = inst.datastore(datastore.as_deref()).await?;
+                let history = inst.data_dir.join("sql_history");
+                (local_backend(inst, &ds).await?, Some(history))
+            }
+        };
+        match script {
+            Some(sql) => Ok(run_statements(backend, &sql, format, output.as_deref())
+                .await?
+                .exit_code()),
+            None => {
+                repl(history, backend, format).await?;
+                Ok(ExitCode::SUCCESS)
             }
         }
-        Command::Serve {
+    }
+}
+
+impl ServeArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self {
             http,
             max_body_bytes,
             flight,
             control,
-        } => {
-            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-            // Make sure the default data store exists, so a fresh installation serves it.
-            inst.datastore(None).await?;
-            let config = fhirlake::api::ApiConfig {
-                body_limit: max_body_bytes,
-                ..Default::default()
-            };
-            serve(inst, http, config, flight.config(), control.config(http)).await?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Datastore {
+        } = self;
+        let inst = g.open().await?;
+        // Make sure the default data store exists, so a fresh installation serves it.
+        inst.datastore(None).await?;
+        let config = fhirlake::api::ApiConfig {
+            body_limit: max_body_bytes,
+            ..Default::default()
+        };
+        serve(inst, http, config, flight.config(), control.config(http)).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl DatastoreArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self {
             command,
             output,
             control,
-        } => {
-            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-            // Endpoints point at where `fhirlake serve` listens by default.
-            let http: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
-            let api = fhirlake::api::ApiState::detached(
-                inst.clone(),
-                Default::default(),
-                http.to_string(),
-            )
-            .await?;
-            let plane = fhirlake::control::ControlPlane::new(
-                inst,
-                api.clone(),
-                control.config(http),
-                Vec::new(),
-            );
-            let result = fhirlake::control::cli::run(
-                &plane,
-                &command,
-                output,
-                &http.to_string(),
-                &mut std::io::stdout(),
-            )
-            .await;
-            api.flush().await?;
-            result?;
-            Ok(ExitCode::SUCCESS)
+        } = self;
+        let inst = g.open().await?;
+        // Endpoints point at where `fhirlake serve` listens by default.
+        let http: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
+        let api =
+            fhirlake::api::ApiState::detached(inst.clone(), Default::default(), http.to_string())
+                .await?;
+        let plane = fhirlake::control::ControlPlane::new(
+            inst,
+            api.clone(),
+            control.config(http),
+            Vec::new(),
+        );
+        let result = fhirlake::control::cli::run(
+            &plane,
+            &command,
+            output,
+            &http.to_string(),
+            &mut std::io::stdout(),
+        )
+        .await;
+        api.flush().await?;
+        result?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl DemoArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self { sample } = self;
+        let inst = g.open().await?;
+        let ds = inst.datastore(None).await?;
+        if inst.store.current_counts(&ds.id).await?.is_empty() {
+            println!("Loading the Synthea sample from {} …", sample.display());
+            import(&inst, &sample, None, false).await?;
         }
-        Command::Demo { sample } => {
-            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-            let ds = inst.datastore(None).await?;
-            if inst.store.current_counts(&ds.id).await?.is_empty() {
-                println!("Loading the Synthea sample from {} …", sample.display());
-                import(&inst, &sample, None, false).await?;
+        let backend = local_backend(inst.clone(), &ds).await?;
+        repl(
+            Some(inst.data_dir.join("sql_history")),
+            backend,
+            OutputFormat::Table,
+        )
+        .await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl CompactArgs {
+    async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self { datastore } = self;
+        let inst = g.open().await?;
+        let ds = inst.datastore(datastore.as_deref()).await?;
+        sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default()).await?;
+        for name in inst.lake.table_names(&ds.name).await? {
+            let Some(ty) = fhirlake::schema::Registry::global().canonical_name(&name) else {
+                continue;
+            };
+            match compact_table(
+                &inst.store,
+                &inst.lake,
+                &ds,
+                ty,
+                CompactionPolicy::default(),
+                true,
+            )
+            .await?
+            {
+                Some(c) => println!(
+                    "{ty}: {} data + {} delete files -> {} files, {} rows",
+                    c.files_before, c.delete_files_before, c.files_after, c.rows
+                ),
+                None => println!("{ty}: already compact"),
             }
-            let backend = local_backend(inst.clone(), &ds).await?;
-            repl(
-                Some(inst.data_dir.join("sql_history")),
-                backend,
-                OutputFormat::Table,
-            )
-            .await?;
-            Ok(ExitCode::SUCCESS)
         }
-        Command::Compact { datastore } => {
-            let inst = Installation::open_with(&cli.data_dir, cli.warehouse.as_ref()).await?;
-            let ds = inst.datastore(datastore.as_deref()).await?;
-            sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default()).await?;
-            for name in inst.lake.table_names(&ds.name).await? {
-                let Some(ty) = fhirlake::schema::Registry::global().canonical_name(&name) else {
-                    continue;
-                };
-                match compact_table(
-                    &inst.store,
-                    &inst.lake,
-                    &ds,
-                    ty,
-                    CompactionPolicy::default(),
-                    true,
-                )
-                .await?
-                {
-                    Some(c) => println!(
-                        "{ty}: {} data + {} delete files -> {} files, {} rows",
-                        c.files_before, c.delete_files_before, c.files_after, c.rows
-                    ),
-                    None => println!("{ty}: already compact"),
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::GenSchemas { definitions, out } => {
-            let schemas = fhirlake::schema::generate::generate(&definitions)
-                .with_context(|| format!("generating from {}", definitions.display()))?;
-            fhirlake::schema::generate::write_schemas(&schemas, &out)?;
-            println!("wrote {} schemas to {}", schemas.len(), out.display());
-            let catalog = fhirlake::search::generate::generate(&definitions, &schemas)?;
-            fhirlake::search::generate::write_catalog(&catalog, &out)?;
-            let s = &catalog.summary;
-            println!(
-                "search parameters: {} of {} definitions compile for every base type ({:.1}%); \
-                 {} (type, code) pairs compiled, {} unsupported (listed in {})",
-                s.compiled_definitions,
-                s.definitions,
-                100.0 * s.compiled_definitions as f64 / s.definitions.max(1) as f64,
-                s.compiled_parameters,
-                s.unsupported_parameters,
-                out.join(fhirlake::search::generate::CATALOG_FILE).display()
-            );
-            let compartment = fhirlake::export::compartment::generate(&definitions)?;
-            fhirlake::export::compartment::write(&compartment, &out)?;
-            println!(
-                "Patient compartment: {} resource types ({})",
-                compartment.len(),
-                out.join(fhirlake::export::compartment::COMPARTMENT_FILE)
-                    .display()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl GenSchemasArgs {
+    /// Offline: touches no installation.
+    async fn run(self) -> anyhow::Result<ExitCode> {
+        let Self { definitions, out } = self;
+        let schemas = fhirlake::schema::generate::generate(&definitions)
+            .with_context(|| format!("generating from {}", definitions.display()))?;
+        fhirlake::schema::generate::write_schemas(&schemas, &out)?;
+        println!("wrote {} schemas to {}", schemas.len(), out.display());
+        let catalog = fhirlake::search::generate::generate(&definitions, &schemas)?;
+        fhirlake::search::generate::write_catalog(&catalog, &out)?;
+        let s = &catalog.summary;
+        println!(
+            "search parameters: {} of {} definitions compile for every base type ({:.1}%); \
+             {} (type, code) pairs compiled, {} unsupported (listed in {})",
+            s.compiled_definitions,
+            s.definitions,
+            100.0 * s.compiled_definitions as f64 / s.definitions.max(1) as f64,
+            s.compiled_parameters,
+            s.unsupported_parameters,
+            out.join(fhirlake::search::generate::CATALOG_FILE).display()
+        );
+        let compartment = fhirlake::export::compartment::generate(&definitions)?;
+        fhirlake::export::compartment::write(&compartment, &out)?;
+        println!(
+            "Patient compartment: {} resource types ({})",
+            compartment.len(),
+            out.join(fhirlake::export::compartment::COMPARTMENT_FILE)
+                .display()
+        );
+        Ok(ExitCode::SUCCESS)
     }
 }
 
