@@ -13,11 +13,11 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::bundle_out::{BundleOut, EntryOut, EntryResponseOut, new_id, now, raw, status_line};
+use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Params, Reply, ReturnPreference, etag};
-use super::interactions::{
-    self as ix, BundleOut, Ctx, EntryOut, EntryResponseOut, ReadConditions, now, raw, status_line,
-};
+use super::interactions::{self as ix, ReadConditions};
 use crate::store::ConditionalWrite;
 use crate::store::NewResource;
 
@@ -455,7 +455,7 @@ async fn transaction(
                         }
                     }
                 }
-                let id = id.unwrap_or_else(ix::new_id);
+                let id = id.unwrap_or_else(new_id);
                 post_ids.insert(i, id.clone());
                 Some(format!("{resource_type}/{id}"))
             }

@@ -5,9 +5,9 @@
 use axum::http::{Method, StatusCode};
 use serde_json::{Value, json};
 
+use super::bundle_out::now;
 use super::error::ApiError;
 use super::format::{Body, Reply};
-use super::interactions::now;
 use crate::schema::Registry;
 use crate::search::Catalog;
 use crate::store::Datastore;

@@ -3,13 +3,13 @@
 //! The HTTP handlers and the batch/transaction processor both call these, so a Bundle entry
 //! behaves exactly like the same request sent on its own.
 
-use std::sync::Arc;
-
 use axum::http::StatusCode;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::ApiState;
+use super::bundle_out::{
+    BundleLink, BundleOut, EntryOut, EntryRequestOut, EntryResponseOut, new_id, raw, status_line,
+};
+use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Params, Reply, ReturnPreference, etag};
 use super::json;
@@ -17,23 +17,8 @@ use crate::ingest::validate::{check_id, validate_resource};
 use crate::outcome::{Issue, OperationOutcome, Severity};
 use crate::schema::Registry;
 use crate::store::AppliedWrite;
+use crate::store::NewResource;
 use crate::store::reads::{HistoryQuery, StoredVersion};
-use crate::store::{Datastore, NewResource, Store};
-
-/// Everything an interaction needs: the server state, the data store and its base URL.
-#[derive(Clone)]
-pub struct Ctx {
-    pub state: ApiState,
-    pub ds: Arc<Datastore>,
-    /// Absolute base URL without a trailing slash, e.g. `http://127.0.0.1:8080/datastore/<id>/r4`.
-    pub base: String,
-}
-
-impl Ctx {
-    pub fn store(&self) -> &Store {
-        &self.state.installation().store
-    }
-}
 
 /// The canonical name of a resource type in a URL, or 404.
 pub fn resource_type(name: &str) -> Result<&'static str, ApiError> {
@@ -132,11 +117,6 @@ fn validated(resource_type: &str, id: String, text: &str) -> Result<NewResource,
         id,
         json: Some(valid.json),
     })
-}
-
-/// A new server-assigned id (a UUID, as HealthLake assigns).
-pub fn new_id() -> String {
-    uuid::Uuid::new_v4().hyphenated().to_string()
 }
 
 /// Validates a create body and gives it the server-assigned `id` (any id in the body is
@@ -501,117 +481,6 @@ pub fn parse_since(value: &str) -> Result<String, ApiError> {
 /// Paging limits of history.
 pub const DEFAULT_HISTORY_COUNT: i64 = 100;
 pub const MAX_HISTORY_COUNT: i64 = 500;
-
-/// A Bundle as this server writes it (history, batch-response, transaction-response).
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BundleOut {
-    pub resource_type: &'static str,
-    pub id: String,
-    pub meta: BundleMeta,
-    #[serde(rename = "type")]
-    pub bundle_type: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timestamp: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub total: Option<usize>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub link: Vec<BundleLink>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub entry: Vec<EntryOut>,
-}
-
-#[derive(Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct BundleMeta {
-    pub last_updated: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BundleLink {
-    pub relation: &'static str,
-    pub url: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EntryOut {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub full_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resource: Option<Box<RawValue>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub search: Option<EntrySearchOut>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub request: Option<EntryRequestOut>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub response: Option<EntryResponseOut>,
-}
-
-/// `Bundle.entry.search` of a searchset: `match`, `include` or `outcome`.
-#[derive(Debug, Serialize)]
-pub struct EntrySearchOut {
-    pub mode: &'static str,
-}
-
-#[derive(Debug, Serialize)]
-pub struct EntryRequestOut {
-    pub method: &'static str,
-    pub url: String,
-}
-
-#[derive(Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct EntryResponseOut {
-    pub status: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub location: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub etag: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_modified: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<OperationOutcome>,
-}
-
-impl BundleOut {
-    pub fn new(bundle_type: &'static str) -> Self {
-        Self {
-            resource_type: "Bundle",
-            id: new_id(),
-            meta: BundleMeta {
-                last_updated: now(),
-            },
-            bundle_type,
-            timestamp: None,
-            total: None,
-            link: Vec::new(),
-            entry: Vec::new(),
-        }
-    }
-
-    pub fn to_json(&self) -> Result<String, ApiError> {
-        serde_json::to_string(self).map_err(ApiError::internal)
-    }
-}
-
-/// The current time as a FHIR instant.
-pub fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A stored JSON text as an embeddable raw value.
-pub fn raw(json: String) -> Result<Box<RawValue>, ApiError> {
-    RawValue::from_string(json).map_err(ApiError::internal)
-}
-
-/// An HTTP status line as Bundle responses carry it (`201 Created`).
-pub fn status_line(status: StatusCode) -> String {
-    match status.canonical_reason() {
-        Some(reason) => format!("{} {reason}", status.as_u16()),
-        None => status.as_u16().to_string(),
-    }
-}
 
 /// `GET [base]/_history`, `[type]/_history`, `[type]/[id]/_history`: newest first, paged
 /// with an opaque `_cursor`.

@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use serde::Serialize;
 
 use super::ApiState;
+use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Reply};
-use super::interactions::Ctx;
 use crate::lake::table_watermark;
 use crate::store::Datastore;
 

@@ -6,7 +6,9 @@
 //! See `docs/rest-api.md` for the endpoints and the decisions where FHIR leaves a choice.
 
 pub mod bundle;
+pub mod bundle_out;
 pub mod capability;
+pub mod context;
 mod detach;
 pub mod error;
 pub mod format;

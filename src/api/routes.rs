@@ -19,11 +19,12 @@ use tracing::Level;
 
 use super::ApiState;
 use super::capability::{Interaction, SUPPORTED};
+use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{
     self, Format, Params, ReturnPreference, check_content_type, negotiate, render,
 };
-use super::interactions::{self as ix, Ctx, ReadConditions};
+use super::interactions::{self as ix, ReadConditions};
 use super::{bundle, capability, lake_status};
 
 /// Header carrying the request id (set when the client sends none, echoed in the response).

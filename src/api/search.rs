@@ -7,9 +7,10 @@
 use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
+use super::bundle_out::{BundleLink, BundleOut, EntryOut, EntrySearchOut, raw};
+use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Reply};
-use super::interactions::{BundleLink, BundleOut, Ctx, EntryOut, EntrySearchOut, raw};
 use crate::outcome::{Issue, OperationOutcome, Severity};
 use crate::search::query::{self, CURSOR_PARAM, SearchRequest, Summary};
 use crate::search::{Catalog, ExecError, SearchError, Searcher};
