@@ -38,6 +38,18 @@ pub struct AddedFile {
     pub ids: Vec<String>,
 }
 
+impl AddedFile {
+    /// (position, id) of each live row; an empty id marks a deleted position.
+    fn live_rows(&self) -> Vec<(i64, String)> {
+        self.ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| !id.is_empty())
+            .map(|(pos, id)| (pos as i64, id.clone()))
+            .collect()
+    }
+}
+
 /// Everything one lake commit changed, recorded in the store after Iceberg accepted it.
 #[derive(Debug, Clone, Default)]
 pub struct LakeCommitRecord {
@@ -212,13 +224,7 @@ impl Store {
             }
         }
         for file in files {
-            let live: Vec<(i64, String)> = file
-                .ids
-                .iter()
-                .enumerate()
-                .filter(|(_, id)| !id.is_empty())
-                .map(|(pos, id)| (pos as i64, id.clone()))
-                .collect();
+            let live = file.live_rows();
             let (key, path, records, lives) =
                 (table.clone(), file.path, file.ids.len(), live.len());
             let file_id = self
@@ -346,13 +352,7 @@ impl TableKey {
         conn: &mut sqlx::SqliteConnection,
         file: &AddedFile,
     ) -> Result<(), sqlx::Error> {
-        let live: Vec<(i64, String)> = file
-            .ids
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| !id.is_empty())
-            .map(|(pos, id)| (pos as i64, id.clone()))
-            .collect();
+        let live = file.live_rows();
         let file_id = self
             .insert_file_record(conn, &file.path, file.ids.len(), live.len())
             .await?;

@@ -444,23 +444,23 @@ async fn unsigned_requests_are_refused_off_loopback_without_keys() {
     c.stop().await;
 }
 
+/// Runs the `fhirlake` binary on the data directory `dir`: (success, stdout, stderr).
+fn run_cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
 /// `fhirlake datastore ...`: the same operations in-process, printing the response body.
 #[test]
 fn the_cli_creates_lists_tags_and_deletes() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let run = |args: &[&str]| run_cli(dir.path(), args);
     let (ok, out, err) = run(&[
         "datastore",
         "create",
@@ -499,16 +499,7 @@ fn the_cli_creates_lists_tags_and_deletes() {
 #[test]
 fn every_command_resolves_a_data_store_by_its_creation_name_sql_name_or_id() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-            .arg("--data-dir")
-            .arg(dir.path())
-            .args(args)
-            .output()
-            .unwrap();
-        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-        (out.status.success(), text(&out.stdout), text(&out.stderr))
-    };
+    let run = |args: &[&str]| run_cli(dir.path(), args);
     let (ok, out, err) = run(&[
         "datastore",
         "create",
