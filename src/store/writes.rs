@@ -355,14 +355,14 @@ async fn insert_versions(
 }
 
 /// A `resources_current` row: (datastore_id, resource_type, id, version, seq, deleted).
-fn push_current(
-    mut b: sqlx::query_builder::Separated<'_, '_, Sqlite, &'static str>,
-    row: &&VersionRow,
+fn push_current<'a>(
+    mut b: sqlx::query_builder::Separated<'_, 'a, Sqlite, &'static str>,
+    row: &&'a VersionRow,
 ) {
     let (datastore_id, resource_type, id) = &row.key;
-    b.push_bind(datastore_id.clone())
-        .push_bind(resource_type.clone())
-        .push_bind(id.clone())
+    b.push_bind(datastore_id.as_str())
+        .push_bind(resource_type.as_str())
+        .push_bind(id.as_str())
         .push_bind(row.version)
         .push_bind(row.seq)
         .push_bind(row.blob.is_none() as i64);
