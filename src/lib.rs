@@ -2,27 +2,18 @@
 //!
 //! Data flows one way: [`ingest`] validates and versions resources into the [`store`], the
 //! [`lake`] committer turns store changes into Iceberg commits, and [`sql`] serves the tables.
+//! Each layer is a crate of the workspace (`crates/`); this crate is the `fhirlake` command
+//! ([`cli`]: the SQL REPL and its output) and names the layers under one roof.
 
-pub mod api;
 pub mod cli;
-pub mod control;
-pub mod export;
-pub mod flight;
-pub mod ingest;
-pub mod installation;
-pub mod lake;
-pub mod outcome;
-pub mod s3;
-pub mod schema;
-pub mod search;
-pub mod sql;
-pub mod store;
 
-/// Selects rustls' process-wide crypto provider (ring) before any TLS is set up; idempotent.
-///
-/// Two providers are compiled in (ring for tonic and object_store, aws-lc-rs through opendal's
-/// HTTP client), and rustls then refuses to choose one itself: without this, the Flight SQL
-/// TLS listener and object_store's HTTPS client (S3 job locations) panic on first use.
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use fhirlake_lake as lake;
+pub use fhirlake_lake::s3;
+pub use fhirlake_schema as schema;
+pub use fhirlake_schema::outcome;
+pub use fhirlake_search as search;
+pub use fhirlake_server::{
+    api, control, export, flight, ingest, install_tls_provider, installation,
+};
+pub use fhirlake_sql as sql;
+pub use fhirlake_store as store;

@@ -64,8 +64,6 @@ enum Command {
     Demo(DemoArgs),
     /// Compact every table of a data store: rewrite live rows into few files, drop delete files.
     Compact(CompactArgs),
-    /// Regenerate the per-type schemas from the FHIR R4 StructureDefinitions.
-    GenSchemas(GenSchemasArgs),
 }
 
 #[derive(clap::Args)]
@@ -184,16 +182,6 @@ struct DemoArgs {
 struct CompactArgs {
     #[arg(long)]
     datastore: Option<String>,
-}
-
-#[derive(clap::Args)]
-struct GenSchemasArgs {
-    /// Directory holding profiles-resources.json and profiles-types.json.
-    #[arg(long, default_value = "../shared/fhir-r4")]
-    definitions: PathBuf,
-    /// Output directory.
-    #[arg(long, default_value = "schemas")]
-    out: PathBuf,
 }
 
 /// Options of the Flight SQL endpoint that `serve` starts next to the REST API.
@@ -371,7 +359,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Datastore(args) => args.run(&g).await,
         Command::Demo(args) => args.run(&g).await,
         Command::Compact(args) => args.run(&g).await,
-        Command::GenSchemas(args) => args.run().await,
     }
 }
 
@@ -656,39 +643,6 @@ impl CompactArgs {
                 None => println!("{ty}: already compact"),
             }
         }
-        Ok(ExitCode::SUCCESS)
-    }
-}
-
-impl GenSchemasArgs {
-    /// Offline: touches no installation.
-    async fn run(self) -> anyhow::Result<ExitCode> {
-        let Self { definitions, out } = self;
-        let schemas = fhirlake::schema::generate::generate(&definitions)
-            .with_context(|| format!("generating from {}", definitions.display()))?;
-        fhirlake::schema::generate::write_schemas(&schemas, &out)?;
-        println!("wrote {} schemas to {}", schemas.len(), out.display());
-        let catalog = fhirlake::search::generate::generate(&definitions, &schemas)?;
-        fhirlake::search::generate::write_catalog(&catalog, &out)?;
-        let s = &catalog.summary;
-        println!(
-            "search parameters: {} of {} definitions compile for every base type ({:.1}%); \
-             {} (type, code) pairs compiled, {} unsupported (listed in {})",
-            s.compiled_definitions,
-            s.definitions,
-            100.0 * s.compiled_definitions as f64 / s.definitions.max(1) as f64,
-            s.compiled_parameters,
-            s.unsupported_parameters,
-            out.join(fhirlake::search::generate::CATALOG_FILE).display()
-        );
-        let compartment = fhirlake::export::compartment::generate(&definitions)?;
-        fhirlake::export::compartment::write(&compartment, &out)?;
-        println!(
-            "Patient compartment: {} resource types ({})",
-            compartment.len(),
-            out.join(fhirlake::export::compartment::COMPARTMENT_FILE)
-                .display()
-        );
         Ok(ExitCode::SUCCESS)
     }
 }

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use fhirlake::schema::generate::{self, DEFAULT_RECURSION_LIMITS, FHIR_VERSION};
 use fhirlake::schema::{Field, Kind, Registry, ResourceSchema};
+use fhirlake_gen::schema::{self as generate, DEFAULT_RECURSION_LIMITS, FHIR_VERSION};
 
 fn manifest_dir() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -299,15 +299,14 @@ fn committed_search_catalogue_matches_a_fresh_generation() {
     let Some(definitions) = definitions_dir() else {
         return;
     };
-    let catalog = fhirlake::search::generate::generate(&definitions, &committed())
+    let catalog = fhirlake_gen::search::generate(&definitions, &committed())
         .expect("search parameters compile");
     let text =
-        std::fs::read_to_string(committed_dir().join(fhirlake::search::generate::CATALOG_FILE))
-            .unwrap();
+        std::fs::read_to_string(committed_dir().join(fhirlake_gen::search::CATALOG_FILE)).unwrap();
     let on_disk: fhirlake::search::Catalog = serde_json::from_str(&text).unwrap();
     assert!(
         catalog == on_disk,
-        "schemas/search/parameters.json is stale: run `fhirlake gen-schemas`"
+        "schemas/search/parameters.json is stale: run `cargo run -p fhirlake-gen`"
     );
     let s = &catalog.summary;
     assert!(
@@ -325,11 +324,11 @@ fn committed_patient_compartment_matches_a_fresh_generation() {
     let Some(definitions) = definitions_dir() else {
         return;
     };
-    let fresh = fhirlake::export::compartment::generate(&definitions).unwrap();
+    let fresh = fhirlake_gen::compartment::generate(&definitions).unwrap();
     assert!(fresh.len() > 60, "{} types", fresh.len());
     assert_eq!(
         fresh,
-        fhirlake::export::compartment::PatientCompartment::embedded_params(),
-        "schemas/compartments/patient.json is stale: run `fhirlake gen-schemas`"
+        fhirlake::search::compartment::PatientCompartment::embedded_params(),
+        "schemas/compartments/patient.json is stale: run `cargo run -p fhirlake-gen`"
     );
 }

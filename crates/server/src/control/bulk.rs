@@ -1,0 +1,494 @@
+//! FHIR Bulk Data export (`$export`) on each data store's FHIR base URL.
+//!
+//! * kick-off: `GET|POST [base]/$export`, `[base]/Patient/$export`, `[base]/Group/{id}/$export`
+//!   with `Prefer: respond-async`, `_type`, `_since` and `_outputFormat` (NDJSON); a POST body
+//!   may carry HealthLake's `OutputDataConfig` (a `file://` location under an allowed root;
+//!   the default is `<data-dir>/exports`). Answer: 202, `Content-Location: [base]/export/{job}`
+//!   and HealthLake's `{datastoreId, jobStatus, jobId}`.
+//! * status: `GET [base]/export/{job}`: 202 with `X-Progress` while running, then 200 with the
+//!   Bulk Data manifest (`transactionTime`, `request`, `requiresAccessToken`, `output[]`,
+//!   `error[]`); a failed job answers 500 with an OperationOutcome.
+//! * files: `GET [base]/export/{job}/{file}` (NDJSON), the URLs the manifest lists.
+//! * cancel: `DELETE [base]/export/{job}`: 202, HealthLake's `exportJobProperties` with
+//!   `CANCEL_SUBMITTED`.
+//!
+//! Jobs are the control plane's export jobs, so they are also visible to
+//! DescribeFHIRExportJob / ListFHIRExportJobs and hold the data store's single job slot.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::export_jobs::{output_name, recorded_output};
+use super::location::Location;
+use super::{ControlError, ControlPlane};
+use crate::export::{ExportRequest, ExportScope};
+use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
+use fhirlake_store::{Datastore, JobKind};
+
+const FHIR_JSON: &str = "application/fhir+json";
+const NDJSON_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
+
+/// The Bulk Data routes, to merge into the REST API's router.
+pub fn router(control: ControlPlane) -> Router {
+    let base = "/datastore/{ds}/r4";
+    Router::new()
+        .route(&format!("{base}/$export"), get(system).post(system))
+        .route(
+            &format!("{base}/Patient/$export"),
+            get(patient).post(patient),
+        )
+        .route(
+            &format!("{base}/Group/{{group}}/$export"),
+            get(group).post(group),
+        )
+        .route(
+            &format!("{base}/export/{{job}}"),
+            get(status).delete(cancel),
+        )
+        .route(&format!("{base}/export/{{job}}/{{file}}"), get(file))
+        .with_state(control)
+}
+
+fn outcome(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let outcome = OperationOutcome::new(vec![Issue {
+        severity: Severity::Error,
+        code: code.into(),
+        diagnostics: message.into(),
+        location: Vec::new(),
+        expression: Vec::new(),
+    }]);
+    json_response(status, &serde_json::to_value(outcome).unwrap_or_default())
+}
+
+/// An OperationOutcome to answer with, kept small until it becomes the response.
+struct Problem {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        outcome(self.status, self.code, self.message)
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
+    r
+}
+
+fn control_error(e: ControlError) -> Response {
+    let (status, code) = match &e {
+        ControlError::ResourceNotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
+        ControlError::Conflict(_) | ControlError::Throttling(_) => {
+            (StatusCode::TOO_MANY_REQUESTS, "throttled")
+        }
+        ControlError::AccessDenied(_) => (StatusCode::FORBIDDEN, "forbidden"),
+        ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "exception"),
+        _ => (StatusCode::BAD_REQUEST, "invalid"),
+    };
+    outcome(status, code, e.to_string())
+}
+
+/// The served data store `id`, or the 404 the FHIR API gives for an unknown one.
+fn served(control: &ControlPlane, id: &str) -> Result<std::sync::Arc<Datastore>, Problem> {
+    control.api().datastore(id).ok_or_else(|| {
+        Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("Datastore {id} does not exist or is not active"),
+        )
+    })
+}
+
+fn base_url(headers: &HeaderMap, control: &ControlPlane, ds: &str) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(control.api().default_host());
+    format!("http://{host}/datastore/{ds}/r4/")
+}
+
+async fn system(
+    State(c): State<ControlPlane>,
+    Path(ds): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    kick_off(c, ds, ExportScope::System, uri, headers, q, body).await
+}
+
+async fn patient(
+    State(c): State<ControlPlane>,
+    Path(ds): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    kick_off(c, ds, ExportScope::Patient, uri, headers, q, body).await
+}
+
+async fn group(
+    State(c): State<ControlPlane>,
+    Path((ds, group)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    kick_off(c, ds, ExportScope::Group(group), uri, headers, q, body).await
+}
+
+/// The export request of a kick-off's parameters, or the 400 explaining what is wrong.
+fn parse_request(
+    scope: ExportScope,
+    q: &HashMap<String, String>,
+) -> Result<ExportRequest, Problem> {
+    let invalid = |m: String| Problem::new(StatusCode::BAD_REQUEST, "invalid", m);
+    if let Some(format) = q.get("_outputFormat")
+        && !NDJSON_FORMATS.contains(&format.as_str())
+    {
+        return Err(invalid(format!(
+            "_outputFormat '{format}' is not supported; use application/fhir+ndjson"
+        )));
+    }
+    for key in q.keys() {
+        if !["_type", "_since", "_outputFormat"].contains(&key.as_str()) {
+            return Err(invalid(format!(
+                "parameter '{key}' is not supported by $export (supported: _type, _since, \
+                 _outputFormat)"
+            )));
+        }
+    }
+    let types = q.get("_type").map(|t| {
+        t.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+    });
+    let since = match q.get("_since") {
+        None => None,
+        Some(s) => Some(
+            chrono::DateTime::parse_from_rfc3339(s)
+                .map_err(|_| {
+                    invalid(format!(
+                        "_since '{s}' is not a FHIR instant (e.g. 2026-01-01T00:00:00Z)"
+                    ))
+                })?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    Ok(ExportRequest {
+        scope,
+        types,
+        since,
+    })
+}
+
+async fn kick_off(
+    c: ControlPlane,
+    ds_id: String,
+    scope: ExportScope,
+    uri: Uri,
+    headers: HeaderMap,
+    q: HashMap<String, String>,
+    body: Bytes,
+) -> Response {
+    let ds = match served(&c, &ds_id) {
+        Ok(ds) => ds,
+        Err(p) => return p.into_response(),
+    };
+    let prefer = headers
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !prefer
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+    {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            "$export runs asynchronously: send the header 'Prefer: respond-async'",
+        );
+    }
+    let request = match parse_request(scope, &q) {
+        Ok(r) => r,
+        Err(p) => return p.into_response(),
+    };
+    let config: Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return outcome(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("the request body is not JSON: {e}"),
+                );
+            }
+        }
+    };
+    let output = match config["OutputDataConfig"]["S3Configuration"]["S3Uri"].as_str() {
+        Some(uri) => match Location::parse(
+            uri,
+            &c.config().allowed_roots,
+            "OutputDataConfig.S3Configuration.S3Uri",
+        ) {
+            Ok(p) => p,
+            Err(e) => return control_error(e),
+        },
+        None => Location::Local(c.installation().data_dir.join("exports")),
+    };
+    let registry = fhirlake_schema::Registry::global();
+    if let Some(unknown) = request
+        .types
+        .iter()
+        .flatten()
+        .find(|t| registry.canonical_name(t) != Some(t.as_str()))
+    {
+        return outcome(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            format!("_type '{unknown}' is not an R4 resource type"),
+        );
+    }
+    if let ExportScope::Group(id) = &request.scope {
+        match c
+            .installation()
+            .store
+            .read_current(&ds.id, "Group", id)
+            .await
+        {
+            Ok(Some(v)) if !v.deleted => {}
+            Ok(_) => {
+                return outcome(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!("Group/{id} does not exist in this data store"),
+                );
+            }
+            Err(e) => return control_error(e.into()),
+        }
+    }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or(c.api().default_host());
+    let request_url = format!(
+        "http://{host}{}",
+        uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
+    );
+    let job = match c
+        .start_export_job(
+            &ds,
+            request,
+            output,
+            None,
+            json!({
+                "JobName": config["JobName"],
+                "DataAccessRoleArn": config["DataAccessRoleArn"],
+                "OutputDataConfig": config["OutputDataConfig"],
+                "Request": request_url,
+            }),
+        )
+        .await
+    {
+        Ok(job) => job,
+        Err(e) => return control_error(e),
+    };
+    let location = format!("{}export/{}", base_url(&headers, &c, &ds.id), job.job_id);
+    let mut r = json_response(
+        StatusCode::ACCEPTED,
+        &json!({"datastoreId": ds.id, "jobStatus": job.status, "jobId": job.job_id}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    r
+}
+
+async fn export_job(
+    c: &ControlPlane,
+    ds: &str,
+    job: &str,
+) -> Result<fhirlake_store::Job, Response> {
+    served(c, ds).map_err(IntoResponse::into_response)?;
+    let not_found = || {
+        outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("export job {job} does not exist in this data store"),
+        )
+    };
+    match c.installation().store.job(job).await {
+        Ok(j) if j.datastore_id == ds && j.kind == JobKind::Export => Ok(j),
+        Ok(_) | Err(fhirlake_store::StoreError::NoSuchJob(_)) => Err(not_found()),
+        Err(e) => Err(control_error(e.into())),
+    }
+}
+
+async fn status(
+    State(c): State<ControlPlane>,
+    Path((ds, job_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let job = match export_job(&c, &ds, &job_id).await {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    match job.status.as_str() {
+        "SUBMITTED" | "IN_PROGRESS" => {
+            let p = &job.properties["Progress"];
+            let progress = format!(
+                "{} resources, {}/{} resource types",
+                p["resources"].as_u64().unwrap_or(0),
+                p["typesDone"].as_u64().unwrap_or(0),
+                p["typesTotal"].as_u64().unwrap_or(0)
+            );
+            let mut r = StatusCode::ACCEPTED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&progress) {
+                r.headers_mut().insert("x-progress", v);
+            }
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            r
+        }
+        "COMPLETED" => {
+            let base = base_url(&headers, &c, &ds);
+            let output: Vec<Value> = job.properties["Output"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    json!({
+                        "type": f["type"],
+                        "url": format!("{base}export/{job_id}/{}", f["name"].as_str().unwrap_or("")),
+                        "count": f["count"],
+                    })
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "transactionTime": job.properties["TransactionTime"],
+                    "request": job.properties["Request"].as_str().unwrap_or_default(),
+                    "requiresAccessToken": false,
+                    "output": output,
+                    "error": [],
+                }),
+            )
+        }
+        "CANCEL_SUBMITTED" | "CANCEL_IN_PROGRESS" | "CANCEL_COMPLETED" => outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("export job {job_id} was cancelled"),
+        ),
+        _ => outcome(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "exception",
+            job.properties["Message"]
+                .as_str()
+                .unwrap_or("the export failed")
+                .to_string(),
+        ),
+    }
+}
+
+async fn cancel(
+    State(c): State<ControlPlane>,
+    Path((ds, job_id)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = export_job(&c, &ds, &job_id).await {
+        return r;
+    }
+    match c.cancel_export_job(&ds, &job_id).await {
+        Ok(job) => {
+            let mut props = ControlPlane::export_properties(&job);
+            props["jobStatus"] = json!(job.status);
+            json_response(StatusCode::ACCEPTED, &json!({"exportJobProperties": props}))
+        }
+        // HealthLake's answer for cancelling a finished or unknown job.
+        Err(_) => outcome(
+            StatusCode::BAD_REQUEST,
+            "not-supported",
+            "Interaction not supported.",
+        ),
+    }
+}
+
+async fn file(
+    State(c): State<ControlPlane>,
+    Path((ds, job_id, name)): Path<(String, String, String)>,
+) -> Response {
+    let job = match export_job(&c, &ds, &job_id).await {
+        Ok(j) => j,
+        Err(r) => return r,
+    };
+    let listed = job.properties["Output"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| f["name"].as_str() == Some(name.as_str()));
+    if !listed {
+        return outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("export job {job_id} has no file '{name}'"),
+        );
+    }
+    let gone = |e: &dyn std::fmt::Display| {
+        outcome(
+            StatusCode::GONE,
+            "not-found",
+            format!("export file {name} is no longer available: {e}"),
+        )
+    };
+    let output = recorded_output(&job);
+    let file = format!("{}/{name}", output_name(&ds, &job_id));
+    let stream = match output.strip_prefix("file://") {
+        Some(dir) => match tokio::fs::File::open(std::path::Path::new(dir).join(&file)).await {
+            Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),
+            Err(e) => return gone(&e),
+        },
+        // Checked against today's roots: a root removed since the export closes its files.
+        None => match Location::parse(&output, &c.config().allowed_roots, "output") {
+            Ok(Location::S3(prefix)) => match prefix.get(&file).await {
+                Ok(s) => Body::from_stream(s),
+                Err(e) => return gone(&e),
+            },
+            Ok(Location::Local(_)) => return gone(&"not an S3 location"),
+            Err(e) => return gone(&e),
+        },
+    };
+    let mut r = stream.into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/fhir+ndjson"),
+    );
+    r
+}

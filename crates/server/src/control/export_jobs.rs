@@ -1,0 +1,310 @@
+//! Export jobs: StartFHIRExportJob, DescribeFHIRExportJob, ListFHIRExportJobs and
+//! CancelFHIRExportJob (the SDK has no cancel operation; HealthLake cancels through the FHIR
+//! API's `DELETE .../export/{jobId}`, which [`super::bulk`] serves with the same code).
+//!
+//! A job is recorded SUBMITTED, runs [`crate::export::export`] in the background
+//! (IN_PROGRESS with counters), and ends COMPLETED, FAILED (with a Message) or, when cancelled,
+//! CANCEL_COMPLETED. Output goes to `{S3Uri}/{datastoreId}-FHIR_EXPORT-{jobId}/`, with a
+//! `manifest.json` listing the files; an `s3://` output is written to the job's staging
+//! directory and uploaded once complete, so readers never see a partial export there.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use super::jobs::{StartRequest, with_optional_members};
+use super::location::Location;
+use super::shapes;
+use super::{ControlError, ControlPlane, epoch_seconds, now};
+use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
+use fhirlake_store::{Datastore, DatastoreStatus, Job, JobKind};
+
+/// The name of a job's output directory under its output location.
+pub fn output_name(ds_id: &str, job_id: &str) -> String {
+    format!("{ds_id}-FHIR_EXPORT-{job_id}")
+}
+
+/// The output location recorded for `job` (a URI; jobs recorded before S3 support hold a
+/// plain local path).
+pub(crate) fn recorded_output(job: &Job) -> String {
+    let output = job.properties["Export"]["output"]
+        .as_str()
+        .unwrap_or_default();
+    if output.starts_with('/') {
+        format!("file://{output}")
+    } else {
+        output.to_string()
+    }
+}
+
+fn scope_json(scope: &ExportScope) -> Value {
+    match scope {
+        ExportScope::System => json!({"level": "system"}),
+        ExportScope::Patient => json!({"level": "patient"}),
+        ExportScope::Group(id) => json!({"level": "group", "group": id}),
+    }
+}
+
+impl ControlPlane {
+    /// Records and starts an export job of `ds` into `output` (a checked location).
+    /// `properties` carry what the caller wants to show later (the SDK request members, or
+    /// the FHIR kick-off URL).
+    pub(crate) async fn start_export_job(
+        &self,
+        ds: &Datastore,
+        request: ExportRequest,
+        output: Location,
+        client_token: Option<String>,
+        mut properties: Value,
+    ) -> Result<Job, ControlError> {
+        if ds.status != DatastoreStatus::Active {
+            return Err(ControlError::Validation(format!(
+                "Datastore {} is {}; exports need an ACTIVE data store",
+                ds.id,
+                ds.status.as_str()
+            )));
+        }
+        properties["Export"] = json!({
+            "scope": scope_json(&request.scope),
+            "types": request.types,
+            "since": request.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "output": output.uri(),
+        });
+        let job = Job {
+            job_id: uuid::Uuid::new_v4().simple().to_string(),
+            datastore_id: ds.id.clone(),
+            kind: JobKind::Export,
+            status: "SUBMITTED".into(),
+            submit_time: now(),
+            end_time: None,
+            client_token,
+            properties,
+        };
+        if let Err(running) = self.installation().store.insert_job(&job).await? {
+            return Err(ControlError::Conflict(format!(
+                "Datastore {} already has a running {} job ({}); one import or export runs \
+                 at a time per data store",
+                ds.id,
+                running.kind.as_str().to_lowercase(),
+                running.job_id
+            )));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.register_cancel(&job.job_id, cancel.clone());
+        let this = self.clone();
+        let (ds, running) = (ds.clone(), job.clone());
+        tokio::spawn(async move { this.run_export(running, ds, request, output, cancel).await });
+        Ok(job)
+    }
+
+    async fn run_export(
+        &self,
+        mut job: Job,
+        ds: Datastore,
+        request: ExportRequest,
+        output: Location,
+        cancel: Arc<AtomicBool>,
+    ) {
+        let store = self.installation().store.clone();
+        job.status = "IN_PROGRESS".into();
+        let _ = store.update_job(&job).await;
+        let name = output_name(&ds.id, &job.job_id);
+        let staging = self.staging_dir(&job.job_id);
+        let dir: PathBuf = match &output {
+            Location::Local(base) => base.join(&name),
+            Location::S3(_) => staging.join(&name),
+        };
+        let progress = Arc::new(ExportProgress::default());
+        let reporter = {
+            let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    job.properties["Progress"] = progress_json(&progress);
+                    // A cancel recorded meanwhile must not be overwritten.
+                    if let Ok(current) = store.job(&job.job_id).await {
+                        job.status = current.status;
+                    }
+                    let _ = store.update_job(&job).await;
+                }
+            })
+        };
+        let result = crate::export::export(
+            &store,
+            &ds,
+            &request,
+            &dir,
+            &ExportLimits::default(),
+            &progress,
+            &cancel,
+        )
+        .await;
+        reporter.abort();
+        self.unregister_cancel(&job.job_id);
+        job.properties["Progress"] = progress_json(&progress);
+        job.end_time = Some(now());
+        // Err(None): cancelled; Err(Some(message)): failed.
+        let result: Result<_, Option<String>> = match result {
+            Ok(report) => match report.write_manifest(&dir, &ds.id, Some(&job.job_id)).await {
+                Err(e) => Err(Some(e.to_string())),
+                Ok(()) => match &output {
+                    Location::Local(_) => Ok(report),
+                    Location::S3(prefix) => match prefix.join(&name).upload_dir(&dir).await {
+                        Ok(_) => Ok(report),
+                        Err(e) => Err(Some(e.to_string())),
+                    },
+                },
+            },
+            Err(ExportError::Cancelled) => Err(None),
+            Err(e) => Err(Some(e.to_string())),
+        };
+        if staging.exists()
+            && let Err(e) = tokio::fs::remove_dir_all(&staging).await
+        {
+            tracing::warn!(job = %job.job_id, "cannot remove {}: {e}", staging.display());
+        }
+        match result {
+            Ok(report) => {
+                job.status = "COMPLETED".into();
+                job.properties["TransactionTime"] = json!(report.transaction_time);
+                job.properties["Output"] = json!(report.files_json());
+            }
+            Err(Some(message)) => {
+                job.status = "FAILED".into();
+                job.properties["Message"] = json!(format!("Export failed: {message}"));
+            }
+            Err(None) => {
+                job.status = "CANCEL_COMPLETED".into();
+                job.properties["Message"] = json!(match output {
+                    Location::Local(_) =>
+                        "The export was cancelled; files written before the cancel are left \
+                         in the output location.",
+                    Location::S3(_) => "The export was cancelled; nothing was uploaded.",
+                });
+            }
+        }
+        if let Err(e) = store.update_job(&job).await {
+            tracing::error!(job = %job.job_id, "cannot record the end of an export: {e}");
+        }
+    }
+
+    /// Asks a running export to stop. Errors if the job is unknown or already finished.
+    pub(crate) async fn cancel_export_job(
+        &self,
+        ds_id: &str,
+        job_id: &str,
+    ) -> Result<Job, ControlError> {
+        let store = &self.installation().store;
+        let mut job = store.job(job_id).await?;
+        if job.datastore_id != ds_id || job.kind != JobKind::Export {
+            return Err(ControlError::ResourceNotFound(format!(
+                "Export job {job_id} not found in datastore {ds_id}"
+            )));
+        }
+        if !matches!(job.status.as_str(), "SUBMITTED" | "IN_PROGRESS") {
+            return Err(ControlError::Validation(format!(
+                "Export job {job_id} is {}; only a running job can be cancelled",
+                job.status
+            )));
+        }
+        match self.cancel_flag(job_id) {
+            Some(flag) => flag.store(true, Ordering::Relaxed),
+            None => {
+                return Err(ControlError::Conflict(format!(
+                    "Export job {job_id} is not running in this server"
+                )));
+            }
+        }
+        job.status = "CANCEL_SUBMITTED".into();
+        store.update_job(&job).await?;
+        Ok(job)
+    }
+
+    /// StartFHIRExportJob.
+    pub async fn start_export(&self, req: &Value) -> Result<Value, ControlError> {
+        let obj = shapes::object(req)?;
+        let ds_id = shapes::required_str(obj, "DatastoreId")?;
+        let (ds, _) = self.visible_datastore(ds_id).await?;
+        let start = match self
+            .job_request(req, "OutputDataConfig", ds_id, JobKind::Export)
+            .await?
+        {
+            StartRequest::New(start) => start,
+            StartRequest::Started(response) => return Ok(response),
+        };
+        let output = Location::parse(
+            &start.output_uri,
+            &self.config().allowed_roots,
+            "OutputDataConfig.S3Configuration.S3Uri",
+        )?;
+        let job = self
+            .start_export_job(
+                &ds,
+                ExportRequest::system(),
+                output,
+                start.token,
+                json!({
+                    "JobName": start.job_name,
+                    "OutputDataConfig": req["OutputDataConfig"],
+                    "DataAccessRoleArn": req["DataAccessRoleArn"],
+                }),
+            )
+            .await?;
+        Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}))
+    }
+
+    pub(crate) fn export_properties(job: &Job) -> Value {
+        let p = &job.properties;
+        let mut out = json!({
+            "JobId": job.job_id,
+            "JobStatus": job.status,
+            "SubmitTime": epoch_seconds(&job.submit_time),
+            "DatastoreId": job.datastore_id,
+            "OutputDataConfig": if p["OutputDataConfig"].is_null() {
+                json!({"S3Configuration": {"S3Uri": recorded_output(job), "KmsKeyId": ""}})
+            } else {
+                p["OutputDataConfig"].clone()
+            },
+        });
+        with_optional_members(&mut out, job, &["JobName", "Message", "DataAccessRoleArn"]);
+        out
+    }
+
+    /// DescribeFHIRExportJob.
+    pub async fn describe_export(&self, req: &Value) -> Result<Value, ControlError> {
+        let job = self.job_of(req, JobKind::Export).await?;
+        Ok(json!({ "ExportJobProperties": Self::export_properties(&job) }))
+    }
+
+    /// CancelFHIRExportJob (a fhirlake addition; see the module documentation).
+    pub async fn cancel_export(&self, req: &Value) -> Result<Value, ControlError> {
+        let job = self.job_of(req, JobKind::Export).await?;
+        let job = self
+            .cancel_export_job(&job.datastore_id, &job.job_id)
+            .await?;
+        Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": job.datastore_id}))
+    }
+
+    /// ListFHIRExportJobs.
+    pub async fn list_exports(&self, req: &Value) -> Result<Value, ControlError> {
+        self.list_jobs_of(
+            req,
+            JobKind::Export,
+            Self::export_properties,
+            "ExportJobPropertiesList",
+        )
+        .await
+    }
+}
+
+fn progress_json(progress: &ExportProgress) -> Value {
+    json!({
+        "resources": progress.resources.load(Ordering::Relaxed),
+        "bytes": progress.bytes.load(Ordering::Relaxed),
+        "typesDone": progress.types_done.load(Ordering::Relaxed),
+        "typesTotal": progress.types_total.load(Ordering::Relaxed),
+    })
+}

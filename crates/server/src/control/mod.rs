@@ -1,0 +1,675 @@
+//! The control plane: data stores and their jobs, with HealthLake's operations and shapes.
+//!
+//! [`ControlPlane`] implements the operations (CreateFHIRDatastore, DescribeFHIRDatastore,
+//! ListFHIRDatastores, DeleteFHIRDatastore, TagResource, UntagResource, ListTagsForResource,
+//! and the import jobs in [`jobs`]) on the resource store, the lake and the running REST API.
+//! [`wire`] serves them over the AWS JSON 1.0 protocol (`POST /`, `X-Amz-Target:
+//! HealthLake.<Operation>`), so AWS SDKs and the AWS CLI work with an endpoint override; the
+//! CLI calls the same operations in-process.
+//!
+//! Requests and responses are JSON values in the operation's PascalCase shape (as the AWS
+//! API model defines them); each operation validates what it reads.
+
+pub mod bulk;
+pub mod cli;
+pub mod error;
+pub mod export_jobs;
+pub mod jobs;
+pub mod location;
+mod shapes;
+pub mod sigv4;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub use error::ControlError;
+pub use shapes::epoch_seconds;
+
+use crate::api::ApiState;
+use crate::installation::Installation;
+use fhirlake_lake::background::BackgroundSync;
+use fhirlake_lake::sync::BatchLimits;
+use fhirlake_store::{Datastore, DatastoreStatus};
+
+/// How long a deleted data store stays describable (HealthLake: seven days).
+pub const DELETED_RETENTION: chrono::Duration = chrono::Duration::days(7);
+
+/// Settings of the control plane.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Region in ARNs.
+    pub region: String,
+    /// Account id in ARNs (12 digits).
+    pub account: String,
+    /// Most data stores that are CREATING or ACTIVE at once (HealthLake: 10).
+    pub max_datastores: usize,
+    /// The Synthea sample loaded by `PreloadDataConfig: {PreloadDataType: SYNTHEA}`.
+    pub preload_dir: PathBuf,
+    /// Local directories and S3 prefixes import jobs may read from and export jobs may
+    /// write to; anything else is refused.
+    pub allowed_roots: Vec<location::Root>,
+    /// Minimum time between two CreateFHIRDatastore (and between two DeleteFHIRDatastore)
+    /// calls; HealthLake allows one per minute. `None` disables the limit.
+    pub create_delete_interval: Option<Duration>,
+    /// The key pair requests must be signed with (SigV4); `None` accepts unsigned requests
+    /// and does not check signatures.
+    pub access_key: Option<sigv4::AccessKey>,
+    /// Whether unsigned requests are allowed when no key is configured: true when the server
+    /// listens on loopback only.
+    pub open: bool,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            region: "us-east-1".into(),
+            account: "000000000000".into(),
+            max_datastores: 10,
+            preload_dir: PathBuf::from("data"),
+            allowed_roots: Vec::new(),
+            create_delete_interval: Some(Duration::from_secs(60)),
+            access_key: None,
+            open: true,
+        }
+    }
+}
+
+/// Something else that serves data stores (the Flight SQL endpoint) and must learn when one
+/// becomes ACTIVE or stops being served.
+pub trait DatastoreListener: Send + Sync {
+    fn activated(&self, ds: &Datastore);
+    fn removed(&self, ds: &Datastore);
+}
+
+/// The control plane of one installation, attached to its running REST API.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    installation: Installation,
+    api: ApiState,
+    config: ControlConfig,
+    listeners: Vec<Arc<dyn DatastoreListener>>,
+    /// When each rate-limited operation last ran.
+    last_call: Mutex<BTreeMap<&'static str, Instant>>,
+    /// The cancel switch of each export job running in this process.
+    cancels: Mutex<BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>>,
+}
+
+/// Today's time as HealthLake stores it (RFC 3339, milliseconds).
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A data store's SQL schema (and Iceberg namespace) name derived from its DatastoreName:
+/// lower case, `_` for anything that is not a letter or digit, starting with a letter.
+fn sql_name(display: &str) -> String {
+    let mut name: String = display
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        name.insert_str(0, "ds_");
+    }
+    name.truncate(60);
+    if name == "database" {
+        name.push_str("_ds");
+    }
+    name
+}
+
+impl ControlPlane {
+    pub fn new(
+        installation: Installation,
+        api: ApiState,
+        config: ControlConfig,
+        listeners: Vec<Arc<dyn DatastoreListener>>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                installation,
+                api,
+                config,
+                listeners,
+                last_call: Mutex::default(),
+                cancels: Mutex::default(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &ControlConfig {
+        &self.inner.config
+    }
+
+    pub fn installation(&self) -> &Installation {
+        &self.inner.installation
+    }
+
+    pub(crate) fn api(&self) -> &ApiState {
+        &self.inner.api
+    }
+
+    fn register_cancel(&self, job_id: &str, flag: Arc<std::sync::atomic::AtomicBool>) {
+        let mut cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.insert(job_id.to_string(), flag);
+    }
+
+    fn unregister_cancel(&self, job_id: &str) {
+        let mut cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.remove(job_id);
+    }
+
+    fn cancel_flag(&self, job_id: &str) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        let cancels = self.inner.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        cancels.get(job_id).cloned()
+    }
+
+    /// HealthLake's ARN of data store `id`.
+    pub fn arn(&self, id: &str) -> String {
+        format!(
+            "arn:aws:healthlake:{}:{}:datastore/fhir/{id}",
+            self.inner.config.region, self.inner.config.account
+        )
+    }
+
+    /// Refuses a second call of `operation` within the configured interval.
+    fn rate_limit(&self, operation: &'static str) -> Result<(), ControlError> {
+        let Some(interval) = self.inner.config.create_delete_interval else {
+            return Ok(());
+        };
+        let mut last = self
+            .inner
+            .last_call
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        if let Some(previous) = last.get(operation)
+            && now.duration_since(*previous) < interval
+        {
+            return Err(ControlError::Throttling(format!(
+                "Rate exceeded: {operation} is limited to one call per {} seconds",
+                interval.as_secs()
+            )));
+        }
+        last.insert(operation, now);
+        Ok(())
+    }
+
+    /// The data store `id` as the control plane shows it; deleted ones past retention are
+    /// gone.
+    async fn visible_datastore(&self, id: &str) -> Result<(Datastore, Value), ControlError> {
+        let not_found = || ControlError::ResourceNotFound(format!("Datastore {id} not found"));
+        shapes::check_id("DatastoreId", id)?;
+        let ds = match self.inner.installation.store.datastore(id).await {
+            Ok(ds) if ds.id == id => ds,
+            Ok(_)
+            | Err(
+                fhirlake_store::StoreError::NoSuchDatastore(_)
+                | fhirlake_store::StoreError::AmbiguousDatastore { .. },
+            ) => return Err(not_found()),
+            Err(e) => return Err(e.into()),
+        };
+        let props = self
+            .inner
+            .installation
+            .store
+            .datastore_properties(id)
+            .await?;
+        if ds.status == DatastoreStatus::Deleted
+            && let Some(deleted) = props["DeletedAt"].as_str()
+            && let Ok(at) = chrono::DateTime::parse_from_rfc3339(deleted)
+            && chrono::Utc::now() - at.with_timezone(&chrono::Utc) > DELETED_RETENTION
+        {
+            return Err(not_found());
+        }
+        Ok((ds, props))
+    }
+
+    /// `DatastoreProperties` of one data store.
+    fn properties(&self, ds: &Datastore, props: &Value, host: &str) -> Value {
+        let mut out = json!({
+            "DatastoreId": ds.id,
+            "DatastoreArn": self.arn(&ds.id),
+            "DatastoreName": props["DatastoreName"].as_str().unwrap_or(&ds.name),
+            "DatastoreStatus": props["Status"].as_str().unwrap_or(ds.status.as_str()),
+            "CreatedAt": epoch_seconds(&ds.created_at),
+            "DatastoreTypeVersion": "R4",
+            "DatastoreEndpoint": format!("http://{host}/datastore/{}/r4/", ds.id),
+            "SseConfiguration": props.get("SseConfiguration").cloned().unwrap_or_else(
+                || json!({"KmsEncryptionConfig": {"CmkType": "AWS_OWNED_KMS_KEY"}})
+            ),
+        });
+        for key in [
+            "PreloadDataConfig",
+            "IdentityProviderConfiguration",
+            "ErrorCause",
+        ] {
+            if let Some(v) = props.get(key).filter(|v| !v.is_null()) {
+                out[key] = v.clone();
+            }
+        }
+        out
+    }
+
+    /// CreateFHIRDatastore.
+    pub async fn create_datastore(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
+        let req = shapes::object(req)?;
+        match req.get("DatastoreTypeVersion").and_then(Value::as_str) {
+            Some("R4") => {}
+            Some(other) => {
+                return Err(ControlError::Validation(format!(
+                    "1 validation error detected: Value '{other}' at 'datastoreTypeVersion' \
+                     failed to satisfy constraint: Member must satisfy enum value set: [R4]"
+                )));
+            }
+            None => return Err(shapes::missing("DatastoreTypeVersion")),
+        }
+        let store = &self.inner.installation.store;
+        let token = shapes::client_token(req)?;
+        if let Some(token) = &token
+            && let Some(ds) = store.datastore_by_client_token(token).await?
+        {
+            let props = store.datastore_properties(&ds.id).await?;
+            return Ok(self.create_response(&ds, &props, host));
+        }
+        let display = match req.get("DatastoreName") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(shapes::name_field("DatastoreName", v, 256)?),
+        };
+        let preload = match req.get("PreloadDataConfig") {
+            None | Some(Value::Null) => None,
+            Some(v) => match v["PreloadDataType"].as_str() {
+                Some("SYNTHEA") => Some(v.clone()),
+                _ => {
+                    return Err(ControlError::Validation(
+                        "1 validation error detected: Value at 'preloadDataConfig.preloadDataType' \
+                         failed to satisfy constraint: Member must satisfy enum value set: [SYNTHEA]"
+                            .into(),
+                    ));
+                }
+            },
+        };
+        let sse = match req.get("SseConfiguration") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(shapes::sse(v)?),
+        };
+        let tags = match req.get("Tags") {
+            None | Some(Value::Null) => BTreeMap::new(),
+            Some(v) => shapes::tags(v)?,
+        };
+        let live = store
+            .list_datastores()
+            .await?
+            .iter()
+            .filter(|d| {
+                matches!(
+                    d.status,
+                    DatastoreStatus::Active | DatastoreStatus::Creating
+                )
+            })
+            .count();
+        if live >= self.inner.config.max_datastores {
+            return Err(ControlError::Validation(format!(
+                "Data store quota exceeded: this installation allows {} active data stores \
+                 (delete one, or raise the limit with --max-datastores)",
+                self.inner.config.max_datastores
+            )));
+        }
+        self.rate_limit("CreateFHIRDatastore")?;
+
+        let base = display
+            .as_deref()
+            .map(sql_name)
+            .unwrap_or_else(|| format!("ds_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let existing: Vec<String> = store
+            .list_datastores()
+            .await?
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        let mut name = base.clone();
+        let mut n = 2;
+        while existing.contains(&name) {
+            name = format!("{base}_{n}");
+            n += 1;
+        }
+        let mut props = json!({
+            "DatastoreName": display,
+            "PreloadDataConfig": preload,
+            "IdentityProviderConfiguration": req.get("IdentityProviderConfiguration"),
+            "ClientToken": token,
+            "Tags": tags,
+        });
+        if let Some(sse) = sse {
+            props["SseConfiguration"] = sse;
+        }
+        let ds = store
+            .create_datastore_with(&name, DatastoreStatus::Creating, &props)
+            .await?;
+        let response = self.create_response(&ds, &props, host);
+        let this = self.clone();
+        tokio::spawn(async move { this.finish_create(ds, props).await });
+        Ok(response)
+    }
+
+    fn create_response(&self, ds: &Datastore, props: &Value, host: &str) -> Value {
+        let p = self.properties(ds, props, host);
+        json!({
+            "DatastoreId": p["DatastoreId"],
+            "DatastoreArn": p["DatastoreArn"],
+            "DatastoreStatus": p["DatastoreStatus"],
+            "DatastoreEndpoint": p["DatastoreEndpoint"],
+        })
+    }
+
+    /// Loads the preload (if asked for), then makes the data store ACTIVE and serves it.
+    async fn finish_create(&self, ds: Datastore, mut props: Value) {
+        let inst = &self.inner.installation;
+        let result = if props["PreloadDataConfig"].is_null() {
+            Ok(())
+        } else {
+            self.preload(&ds).await
+        };
+        match result {
+            Ok(()) => {
+                if let Err(e) = inst
+                    .store
+                    .set_datastore_status(&ds.id, DatastoreStatus::Active)
+                    .await
+                {
+                    tracing::error!(datastore = %ds.id, "cannot activate data store: {e}");
+                    return;
+                }
+                let ds = Datastore {
+                    status: DatastoreStatus::Active,
+                    ..ds
+                };
+                self.inner.api.serve_datastore(ds.clone());
+                for l in &self.inner.listeners {
+                    l.activated(&ds);
+                }
+                tracing::info!(datastore = %ds.id, name = %ds.name, "data store ACTIVE");
+            }
+            Err(message) => {
+                tracing::error!(datastore = %ds.id, "data store creation failed: {message}");
+                props["Status"] = json!("CREATE_FAILED");
+                props["ErrorCause"] = json!({
+                    "ErrorMessage": message,
+                    "ErrorCategory": "NON_RETRYABLE_ERROR",
+                });
+                let _ = inst.store.set_datastore_properties(&ds.id, &props).await;
+                let _ = inst
+                    .store
+                    .set_datastore_status(&ds.id, DatastoreStatus::Deleted)
+                    .await;
+            }
+        }
+    }
+
+    /// Imports the shipped Synthea sample into a new data store and commits it to the lake.
+    async fn preload(&self, ds: &Datastore) -> Result<(), String> {
+        let inst = &self.inner.installation;
+        let dir = &self.inner.config.preload_dir;
+        if !dir.is_dir() {
+            return Err(format!(
+                "the Synthea preload directory {} does not exist (set --preload-dir)",
+                dir.display()
+            ));
+        }
+        let report_dir = inst
+            .data_dir
+            .join("imports")
+            .join(format!("{}-PRELOAD", ds.id));
+        let sync = BackgroundSync::spawn(
+            inst.store.clone(),
+            inst.lake.clone(),
+            ds.clone(),
+            Duration::from_secs(2),
+            BatchLimits::default(),
+        );
+        let imported = crate::ingest::import(
+            &inst.store,
+            ds,
+            dir,
+            &crate::ingest::ImportOptions::new(report_dir),
+            Arc::default(),
+        )
+        .await;
+        let synced = sync.shutdown().await;
+        imported.map_err(|e| format!("preload failed: {e}"))?;
+        synced.map_err(|e| format!("preload could not be committed to the lake: {e}"))?;
+        Ok(())
+    }
+
+    /// DescribeFHIRDatastore.
+    pub async fn describe_datastore(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
+        let id = shapes::required_str(shapes::object(req)?, "DatastoreId")?;
+        let (ds, props) = self.visible_datastore(id).await?;
+        Ok(json!({ "DatastoreProperties": self.properties(&ds, &props, host) }))
+    }
+
+    /// ListFHIRDatastores.
+    pub async fn list_datastores(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
+        let req = shapes::object(req)?;
+        let filter = req.get("Filter").cloned().unwrap_or(Value::Null);
+        let name = filter["DatastoreName"].as_str();
+        let status = match filter["DatastoreStatus"].as_str() {
+            None => None,
+            Some(s) => Some(shapes::datastore_status(s)?),
+        };
+        let before = shapes::optional_time(&filter["CreatedBefore"], "Filter.CreatedBefore")?;
+        let after = shapes::optional_time(&filter["CreatedAfter"], "Filter.CreatedAfter")?;
+        let (offset, max) = shapes::page(req)?;
+        let mut all = Vec::new();
+        for ds in self.inner.installation.store.list_datastores().await? {
+            let Ok((ds, props)) = self.visible_datastore(&ds.id).await else {
+                continue;
+            };
+            let p = self.properties(&ds, &props, host);
+            let created = p["CreatedAt"].as_f64().unwrap_or(0.0);
+            if name.is_some_and(|n| p["DatastoreName"].as_str() != Some(n))
+                || status.is_some_and(|s| p["DatastoreStatus"].as_str() != Some(s))
+                || before.is_some_and(|b| created >= b)
+                || after.is_some_and(|a| created <= a)
+            {
+                continue;
+            }
+            all.push(p);
+        }
+        Ok(shapes::paged("DatastorePropertiesList", all, offset, max))
+    }
+
+    /// DeleteFHIRDatastore: DELETING now; the data is removed in the background, then DELETED.
+    pub async fn delete_datastore(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
+        let id = shapes::required_str(shapes::object(req)?, "DatastoreId")?;
+        let (ds, mut props) = self.visible_datastore(id).await?;
+        match ds.status {
+            DatastoreStatus::Active => {}
+            DatastoreStatus::Creating => {
+                return Err(ControlError::Conflict(format!(
+                    "Datastore {id} is being created; delete it once it is ACTIVE"
+                )));
+            }
+            DatastoreStatus::Deleting | DatastoreStatus::Deleted => {
+                return Err(ControlError::Conflict(format!(
+                    "Datastore {id} is already {}",
+                    ds.status.as_str()
+                )));
+            }
+        }
+        if ds.is_default {
+            return Err(ControlError::Conflict(format!(
+                "Datastore {id} ('{}') is this installation's default data store, which the \
+                 command line uses; it cannot be deleted",
+                ds.name
+            )));
+        }
+        let store = &self.inner.installation.store;
+        if let Some(job) = store
+            .list_jobs(id, fhirlake_store::JobKind::Import)
+            .await?
+            .into_iter()
+            .chain(store.list_jobs(id, fhirlake_store::JobKind::Export).await?)
+            .find(|j| j.is_running())
+        {
+            return Err(ControlError::Conflict(format!(
+                "Datastore {id} has a running job ({}); wait for it to finish",
+                job.job_id
+            )));
+        }
+        self.rate_limit("DeleteFHIRDatastore")?;
+        store
+            .set_datastore_status(id, DatastoreStatus::Deleting)
+            .await?;
+        let ds = Datastore {
+            status: DatastoreStatus::Deleting,
+            ..ds
+        };
+        let response = self.create_response(&ds, &props, host);
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.purge(&ds).await {
+                Ok(()) => {
+                    props["DeletedAt"] = json!(now());
+                    let store = &this.inner.installation.store;
+                    let _ = store.set_datastore_properties(&ds.id, &props).await;
+                    let _ = store
+                        .set_datastore_status(&ds.id, DatastoreStatus::Deleted)
+                        .await;
+                    tracing::info!(datastore = %ds.id, "data store DELETED");
+                }
+                Err(e) => tracing::error!(datastore = %ds.id, "deleting data store failed: {e}"),
+            }
+        });
+        Ok(response)
+    }
+
+    /// Stops serving a data store, drops its Iceberg tables (and their files) and removes its
+    /// resources from the store.
+    async fn purge(&self, ds: &Datastore) -> Result<(), String> {
+        let inst = &self.inner.installation;
+        for l in &self.inner.listeners {
+            l.removed(ds);
+        }
+        self.inner
+            .api
+            .stop_serving(&ds.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        inst.lake
+            .drop_datastore(&ds.name)
+            .await
+            .map_err(|e| e.to_string())?;
+        inst.store
+            .purge_datastore(&ds.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// The data store an ARN names.
+    async fn datastore_of_arn(&self, req: &Value) -> Result<(Datastore, Value), ControlError> {
+        let arn = shapes::required_str(shapes::object(req)?, "ResourceARN")?;
+        let id = arn
+            .strip_prefix(&format!(
+                "arn:aws:healthlake:{}:{}:datastore/fhir/",
+                self.inner.config.region, self.inner.config.account
+            ))
+            .ok_or_else(|| {
+                ControlError::Validation(format!(
+                    "'{arn}' is not a data store ARN of this server ({})",
+                    self.arn("<id>")
+                ))
+            })?;
+        self.visible_datastore(id).await
+    }
+
+    /// TagResource.
+    pub async fn tag_resource(&self, req: &Value) -> Result<Value, ControlError> {
+        let (ds, mut props) = self.datastore_of_arn(req).await?;
+        let new = shapes::tags(req.get("Tags").ok_or_else(|| shapes::missing("Tags"))?)?;
+        let mut tags: BTreeMap<String, String> =
+            serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
+        tags.extend(new);
+        if tags.len() > shapes::MAX_TAGS {
+            return Err(ControlError::Validation(format!(
+                "A resource can have at most {} tags; this would make {}",
+                shapes::MAX_TAGS,
+                tags.len()
+            )));
+        }
+        props["Tags"] = json!(tags);
+        self.inner
+            .installation
+            .store
+            .set_datastore_properties(&ds.id, &props)
+            .await?;
+        Ok(json!({}))
+    }
+
+    /// UntagResource.
+    pub async fn untag_resource(&self, req: &Value) -> Result<Value, ControlError> {
+        let (ds, mut props) = self.datastore_of_arn(req).await?;
+        let keys = req
+            .get("TagKeys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| shapes::missing("TagKeys"))?;
+        let mut tags: BTreeMap<String, String> =
+            serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
+        for key in keys {
+            let key = key
+                .as_str()
+                .ok_or_else(|| ControlError::Validation("TagKeys must be strings".into()))?;
+            tags.remove(key);
+        }
+        props["Tags"] = json!(tags);
+        self.inner
+            .installation
+            .store
+            .set_datastore_properties(&ds.id, &props)
+            .await?;
+        Ok(json!({}))
+    }
+
+    /// ListTagsForResource.
+    pub async fn list_tags(&self, req: &Value) -> Result<Value, ControlError> {
+        let (_, props) = self.datastore_of_arn(req).await?;
+        let tags: BTreeMap<String, String> =
+            serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
+        let list: Vec<Value> = tags
+            .into_iter()
+            .map(|(k, v)| json!({"Key": k, "Value": v}))
+            .collect();
+        Ok(json!({ "Tags": list }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sql_names_are_identifiers() {
+        assert_eq!(sql_name("Test_Data_Store"), "test_data_store");
+        assert_eq!(
+            sql_name("test-datastore-delete-me-2"),
+            "test_datastore_delete_me_2"
+        );
+        assert_eq!(sql_name("2024 cohort"), "ds_2024_cohort");
+        assert_eq!(sql_name("database"), "database_ds");
+        assert!(fhirlake_store::validate_datastore_name(&sql_name(&"é".repeat(300))).is_ok());
+    }
+}
