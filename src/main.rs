@@ -18,6 +18,8 @@ use fhirlake::lake::Warehouse;
 use fhirlake::lake::background::BackgroundSync;
 use fhirlake::lake::compact::{CompactionPolicy, compact_table};
 use fhirlake::lake::sync::{BatchLimits, sync_datastore};
+use fhirlake::origin::HttpOrigin;
+use fhirlake::registry::Registry;
 
 /// Ingest allocates many small JSON values; mimalloc handles that churn far better than glibc.
 #[global_allocator]
@@ -573,14 +575,13 @@ impl DatastoreArgs {
         let inst = g.open().await?;
         // Endpoints point at where `fhirlake serve` listens by default.
         let http: std::net::SocketAddr = ([127, 0, 0, 1], 8080).into();
-        let api =
-            fhirlake::api::ApiState::detached(inst.clone(), Default::default(), http.to_string())
-                .await?;
+        // Serves only the data stores this command creates (so their lake sync runs), not
+        // the others, which a running server may be syncing.
+        let registry = Registry::empty(inst, fhirlake::api::ApiConfig::default().sync_interval)?;
         let plane = fhirlake::control::ControlPlane::new(
-            inst,
-            api.clone(),
+            registry.clone(),
+            HttpOrigin::new(http.to_string()),
             control.config(http),
-            Vec::new(),
         );
         let result = fhirlake::control::cli::run(
             &plane,
@@ -590,7 +591,7 @@ impl DatastoreArgs {
             &mut std::io::stdout(),
         )
         .await;
-        api.flush().await?;
+        registry.flush().await?;
         result?;
         Ok(ExitCode::SUCCESS)
     }
@@ -656,17 +657,17 @@ async fn serve(
     flight: Option<fhirlake::flight::FlightSqlConfig>,
     control: fhirlake::control::ControlConfig,
 ) -> anyhow::Result<()> {
-    let mut api = fhirlake::api::Server::bind(inst.clone(), http, config).await?;
+    // One registry of live data stores under every front end.
+    let registry = Registry::open(inst, config.sync_interval).await?;
+    let mut api = fhirlake::api::Server::bind_registry(registry.clone(), http, config).await?;
     let flight = match flight {
-        Some(config) => Some(fhirlake::flight::FlightSqlServer::bind(&inst, config).await?),
+        Some(config) => {
+            Some(fhirlake::flight::FlightSqlServer::bind(registry.clone(), config).await?)
+        }
         None => None,
     };
-    let listeners: Vec<Arc<dyn fhirlake::control::DatastoreListener>> = flight
-        .iter()
-        .map(|f| f.datastores() as Arc<dyn fhirlake::control::DatastoreListener>)
-        .collect();
-    let control =
-        fhirlake::control::ControlPlane::new(inst.clone(), api.state().clone(), control, listeners);
+    let origin = api.state().origin().clone();
+    let control = fhirlake::control::ControlPlane::new(registry, origin, control);
     let interrupted = control.fail_interrupted_jobs().await?;
     if interrupted > 0 {
         tracing::warn!("{interrupted} job(s) interrupted by the last shutdown were marked FAILED");

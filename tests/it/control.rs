@@ -29,10 +29,9 @@ impl Control {
         .await
         .unwrap();
         let plane = ControlPlane::new(
-            inst.clone(),
-            server.state().clone(),
+            server.state().registry().clone(),
+            server.state().origin().clone(),
             config(dir.path()),
-            Vec::new(),
         );
         server.add_routes(fhirlake::control::bulk::router(plane.clone()));
         server.add_routes(fhirlake::control::wire::router(plane));

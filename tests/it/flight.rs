@@ -17,6 +17,7 @@ use fhirlake::cli::QueryBackend;
 use fhirlake::cli::remote::{RemoteBackend, RemoteOptions};
 use fhirlake::flight::{AuthConfig, DATASTORE_HEADER, FlightSqlConfig, FlightSqlServer};
 use fhirlake::installation::Installation;
+use fhirlake::registry::Registry;
 use futures::TryStreamExt;
 use prost::Message;
 use tonic::transport::Channel;
@@ -44,7 +45,7 @@ async fn start(config: FlightSqlConfig, extra_datastore: bool) -> Running {
         import_patients(&inst, Some("research")).await;
     }
     let server = FlightSqlServer::bind(
-        &inst,
+        registry(&inst).await,
         FlightSqlConfig {
             addr: "127.0.0.1:0".parse().unwrap(),
             ..config
@@ -111,6 +112,13 @@ fn single_i64(batches: &[RecordBatch]) -> i64 {
 fn patient_count_in_sample() -> i64 {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/synthea-r4-100p/Patient.ndjson.gz");
     crate::common::gz_lines(&path).len() as i64
+}
+
+/// The live data stores of `inst`, as `fhirlake serve` shares them between its front ends.
+async fn registry(inst: &Installation) -> Registry {
+    Registry::open(inst.clone(), Duration::from_millis(500))
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,7 +399,7 @@ async fn credentials_are_required_when_configured() {
     let dir = tempfile::tempdir().unwrap();
     let inst = Installation::open(dir.path()).await.unwrap();
     let err = FlightSqlServer::bind(
-        &inst,
+        registry(&inst).await,
         FlightSqlConfig {
             addr: "0.0.0.0:0".parse().unwrap(),
             ..Default::default()

@@ -1,7 +1,7 @@
 //! fhirlake's front ends and the jobs behind them: the FHIR REST API ([`api`]), HealthLake's
 //! control plane ([`control`]), Arrow Flight SQL ([`flight`]), NDJSON import ([`ingest`]) and
 //! Bulk Data export ([`export`]), all over one [`installation`] (the resource store and the
-//! lake of a data directory).
+//! lake of a data directory) and, while serving, one [`registry`] of live data stores.
 
 pub mod api;
 pub mod control;
@@ -9,6 +9,8 @@ pub mod export;
 pub mod flight;
 pub mod ingest;
 pub mod installation;
+pub mod origin;
+pub mod registry;
 
 /// Selects rustls' process-wide crypto provider (ring) before any TLS is set up; idempotent.
 ///

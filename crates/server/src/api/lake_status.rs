@@ -51,7 +51,7 @@ pub async fn metrics(state: &ApiState) -> Result<String, ApiError> {
     let mut lag = String::new();
     let mut pending = String::new();
     let mut seq = String::new();
-    for ds in state.datastores() {
+    for ds in state.registry().datastores() {
         let s = status(state, &ds).await?;
         let label = format!("{{datastore=\"{}\",datastore_id=\"{}\"}}", ds.name, ds.id);
         lag.push_str(&format!(

@@ -18,7 +18,6 @@ pub mod lake_status;
 mod routes;
 pub mod search;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +26,8 @@ use std::time::Duration;
 use axum::Router;
 
 use crate::installation::{Installation, InstallationError};
-use fhirlake_lake::LakeError;
-use fhirlake_lake::background::{BackgroundSync, SyncHandle};
-use fhirlake_lake::sync::BatchLimits;
-use fhirlake_search::Searcher;
+use crate::origin::HttpOrigin;
+use crate::registry::{Live, Registry, RegistryError};
 use fhirlake_store::{Datastore, StoreError};
 
 pub use error::ApiError;
@@ -42,7 +39,8 @@ pub struct ApiConfig {
     pub body_limit: usize,
     /// Most entries in a batch or transaction Bundle (HealthLake's quota is 160).
     pub max_bundle_entries: usize,
-    /// How often each data store's changes are committed to the lake.
+    /// How often each data store's changes are committed to the lake (the registry's
+    /// interval when [`Server::bind`] opens it).
     pub sync_interval: Duration,
 }
 
@@ -67,197 +65,53 @@ pub enum ServeError {
     Installation(#[from] InstallationError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("final lake sync of data store '{datastore}' failed: {source}")]
-    FinalSync {
-        datastore: String,
-        source: LakeError,
-    },
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
 }
 
-/// Shared state of the handlers.
+/// Shared state of the handlers: the live data stores, the REST settings and the origin its
+/// URLs name.
 #[derive(Clone)]
 pub struct ApiState {
     inner: Arc<StateInner>,
 }
 
-/// A served data store with its lake sync handle and searcher.
-struct Served {
-    ds: Arc<Datastore>,
-    sync: SyncHandle,
-    searcher: Arc<Searcher>,
-}
-
 struct StateInner {
-    installation: Installation,
-    /// Served data stores by id; the control plane adds and removes them while serving.
-    served: std::sync::RwLock<HashMap<String, Arc<Served>>>,
+    registry: Registry,
     config: ApiConfig,
-    /// `host:port` for absolute URLs when a request has no Host header.
-    default_host: String,
-    /// The background lake sync of each served data store, shut down (flushed) by
-    /// [`Server::run`] or when the data store stops being served.
-    syncs: std::sync::Mutex<Vec<(Arc<Datastore>, BackgroundSync)>>,
+    origin: HttpOrigin,
 }
 
 impl ApiState {
-    /// Loads the installation's data stores (creating the default one if there is none).
-    pub async fn new(
-        installation: Installation,
-        config: ApiConfig,
-        default_host: String,
-    ) -> Result<Self, ServeError> {
-        installation.datastore(None).await?;
-        let state = Self::detached(installation, config, default_host).await?;
-        for ds in state.inner.installation.store.list_datastores().await? {
-            if ds.status.is_served() {
-                state.serve_datastore(ds);
-            }
-        }
-        Ok(state)
-    }
-
-    /// A state serving no data store yet: for in-process control-plane commands, which
-    /// serve only the data stores they create (so their lake sync runs) and must not start
-    /// syncs for the others, which a running server may be syncing. Creates no data store
-    /// (`datastore create --name x` on a fresh installation makes `x` and nothing else).
-    pub async fn detached(
-        installation: Installation,
-        config: ApiConfig,
-        default_host: String,
-    ) -> Result<Self, ServeError> {
-        Ok(Self {
+    pub fn new(registry: Registry, config: ApiConfig, origin: HttpOrigin) -> Self {
+        Self {
             inner: Arc::new(StateInner {
-                installation,
-                served: Default::default(),
+                registry,
                 config,
-                default_host,
-                syncs: Default::default(),
+                origin,
             }),
-        })
-    }
-
-    /// Stops every lake sync after a final commit of pending changes; the first failure is
-    /// returned after all were tried.
-    pub async fn flush(&self) -> Result<(), ServeError> {
-        // Taken only now: data stores created while serving have syncs too.
-        let syncs: Vec<(Arc<Datastore>, BackgroundSync)> =
-            std::mem::take(&mut *self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut first_error = None;
-        for (ds, sync) in syncs {
-            if let Err(source) = sync.shutdown().await {
-                tracing::error!(datastore = %ds.name, "final lake sync failed: {source}");
-                first_error.get_or_insert(ServeError::FinalSync {
-                    datastore: ds.name.clone(),
-                    source,
-                });
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Starts serving `ds` (its FHIR endpoint, lake sync and search); replaces an earlier
-    /// registration of the same id.
-    pub fn serve_datastore(&self, ds: Datastore) {
-        let inst = &self.inner.installation;
-        let ds = Arc::new(ds);
-        let sync = BackgroundSync::spawn(
-            inst.store.clone(),
-            inst.lake.clone(),
-            (*ds).clone(),
-            self.inner.config.sync_interval,
-            BatchLimits::default(),
-        );
-        let served = Arc::new(Served {
-            ds: ds.clone(),
-            sync: sync.handle(),
-            searcher: Arc::new(Searcher::new(
-                inst.store.clone(),
-                inst.lake.clone(),
-                &ds.id,
-                &ds.name,
-            )),
-        });
-        self.inner
-            .served
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(ds.id.clone(), served);
-        self.inner
-            .syncs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((ds, sync));
-    }
-
-    /// Stops serving data store `id`: its endpoint answers 404 from now on, and its pending
-    /// changes are flushed to the lake.
-    pub async fn stop_serving(&self, id: &str) -> Result<(), LakeError> {
-        self.inner
-            .served
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(id);
-        let sync = {
-            let mut syncs = self.inner.syncs.lock().unwrap_or_else(|e| e.into_inner());
-            syncs
-                .iter()
-                .position(|(ds, _)| ds.id == id)
-                .map(|i| syncs.remove(i).1)
-        };
-        match sync {
-            Some(sync) => sync.shutdown().await.map(|_| ()),
-            None => Ok(()),
         }
     }
 
-    fn served(&self, id: &str) -> Option<Arc<Served>> {
-        self.inner
-            .served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id)
-            .cloned()
-    }
-
-    /// The lake sync of data store `id`.
-    pub fn sync_handle(&self, id: &str) -> Option<SyncHandle> {
-        self.served(id).map(|s| s.sync.clone())
-    }
-
-    /// The searcher of data store `id`.
-    pub fn searcher(&self, id: &str) -> Option<Arc<Searcher>> {
-        self.served(id).map(|s| s.searcher.clone())
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
     }
 
     pub fn installation(&self) -> &Installation {
-        &self.inner.installation
+        self.inner.registry.installation()
     }
 
     pub fn config(&self) -> &ApiConfig {
         &self.inner.config
     }
 
+    pub fn origin(&self) -> &HttpOrigin {
+        &self.inner.origin
+    }
+
     /// The served data store with this id.
-    pub fn datastore(&self, id: &str) -> Option<Arc<Datastore>> {
-        self.served(id).map(|s| s.ds.clone())
-    }
-
-    /// Served data stores, oldest first.
-    pub fn datastores(&self) -> Vec<Arc<Datastore>> {
-        let mut all: Vec<_> = self
-            .inner
-            .served
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .map(|s| s.ds.clone())
-            .collect();
-        all.sort_by(|a, b| (&a.created_at, &a.name).cmp(&(&b.created_at, &b.name)));
-        all
-    }
-
-    pub(crate) fn default_host(&self) -> &str {
-        &self.inner.default_host
+    pub fn datastore(&self, id: &str) -> Option<Arc<Live>> {
+        self.inner.registry.get(id)
     }
 }
 
@@ -276,9 +130,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Opens the data stores and binds `addr` (port 0 picks a free port).
+    /// Serves the installation's data stores (creating the default one if there is none) on
+    /// `addr` (port 0 picks a free port), with a registry of its own.
     pub async fn bind(
         installation: Installation,
+        addr: SocketAddr,
+        config: ApiConfig,
+    ) -> Result<Self, ServeError> {
+        installation.datastore(None).await?;
+        let registry = Registry::open(installation, config.sync_interval).await?;
+        Self::bind_registry(registry, addr, config).await
+    }
+
+    /// Serves the data stores of `registry`, which other front ends may share, on `addr`.
+    pub async fn bind_registry(
+        registry: Registry,
         addr: SocketAddr,
         config: ApiConfig,
     ) -> Result<Self, ServeError> {
@@ -286,7 +152,7 @@ impl Server {
             .await
             .map_err(|e| ServeError::Bind(addr, e))?;
         let local_addr = listener.local_addr()?;
-        let state = ApiState::new(installation, config, local_addr.to_string()).await?;
+        let state = ApiState::new(registry, config, HttpOrigin::new(local_addr.to_string()));
         Ok(Self {
             listener,
             state,
@@ -310,11 +176,13 @@ impl Server {
 
     /// Each served data store with its full FHIR base URL (`http://…/datastore/<id>/r4/`).
     pub fn base_urls(&self) -> Vec<(Arc<Datastore>, String)> {
+        let origin = self.state.origin();
         self.state
+            .registry()
             .datastores()
             .into_iter()
             .map(|ds| {
-                let url = format!("http://{}/datastore/{}/r4/", self.local_addr, ds.id);
+                let url = format!("{}/", origin.default_fhir_base(&ds.id));
                 (ds, url)
             })
             .collect()
@@ -343,9 +211,9 @@ impl Server {
         writes.close();
         writes.wait().await;
         tracing::info!("HTTP server stopped; flushing the lake");
-        let flushed = state.flush().await;
+        let flushed = state.registry().flush().await;
         served?;
-        flushed
+        Ok(flushed?)
     }
 }
 

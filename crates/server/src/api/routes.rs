@@ -117,7 +117,7 @@ fn prepare(
     let params = Params::parse(query);
     let format =
         negotiate(headers, &params).map_err(|e| Box::new(render(Err(e), Format::default(), "")))?;
-    let Some(ds) = state.datastore(ds_id) else {
+    let Some(live) = state.datastore(ds_id) else {
         return Err(Box::new(render(
             Err(ApiError::not_found(format!(
                 "No data store with id '{ds_id}'"
@@ -126,16 +126,12 @@ fn prepare(
             "",
         )));
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or(state.default_host());
-    let base = format!("http://{host}/datastore/{}/r4", ds.id);
+    let base = state.origin().fhir_base(headers, &live.ds.id);
     Ok(Prepared {
         ctx: Ctx {
             state: state.clone(),
-            ds: ds.clone(),
+            ds: live.ds.clone(),
+            live,
             base,
         },
         format,
@@ -196,9 +192,8 @@ async fn root_metadata(
         Ok(f) => f,
         Err(e) => return render(Err(e), Format::default(), ""),
     };
-    let host = header_str(&headers, header::HOST).unwrap_or(state.default_host());
     render(
-        capability::reply(&format!("http://{host}"), None),
+        capability::reply(&state.origin().root(&headers), None),
         format,
         "",
     )

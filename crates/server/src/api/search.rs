@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::format::{Body, Reply};
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
 use fhirlake_search::query::{self, CURSOR_PARAM, SearchRequest, Summary};
-use fhirlake_search::{Catalog, ExecError, SearchError, Searcher};
+use fhirlake_search::{Catalog, ExecError, SearchError};
 use fhirlake_store::reads::StoredVersion;
 
 /// `meta.tag` marking a resource that was trimmed by `_summary` or `_elements`.
@@ -35,17 +35,9 @@ impl From<ExecError> for ApiError {
     }
 }
 
-fn searcher(ctx: &Ctx) -> Result<std::sync::Arc<Searcher>, ApiError> {
-    ctx.state
-        .searcher(&ctx.ds.id)
-        .ok_or_else(|| ApiError::internal("no searcher for this data store"))
-}
-
 /// Makes every acknowledged write visible to the lake before searching it.
 async fn catch_up(ctx: &Ctx) -> Result<(), ApiError> {
-    if let Some(sync) = ctx.state.sync_handle(&ctx.ds.id) {
-        sync.catch_up().await.map_err(ApiError::internal)?;
-    }
+    ctx.live.sync.catch_up().await.map_err(ApiError::internal)?;
     Ok(())
 }
 
@@ -59,7 +51,7 @@ pub async fn search(
 ) -> Result<Reply, ApiError> {
     let req = query::parse(resource_type, params, lenient)?;
     catch_up(ctx).await?;
-    let page = searcher(ctx)?.search(&req).await?;
+    let page = ctx.live.searcher.search(&req).await?;
     let mut bundle = BundleOut::new("searchset");
     bundle.total = page.total;
     let link = |cursor: &str| {
@@ -245,7 +237,7 @@ pub async fn conditional_matches(
         ));
     }
     catch_up(ctx).await?;
-    let s = searcher(ctx)?;
+    let s = &ctx.live.searcher;
     let keys = s.matching_ids(resource_type, &req.filters, limit).await?;
     Ok(s.load(resource_type, &keys).await?)
 }

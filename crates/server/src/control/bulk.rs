@@ -112,21 +112,21 @@ fn control_error(e: ControlError) -> Response {
 
 /// The served data store `id`, or the 404 the FHIR API gives for an unknown one.
 fn served(control: &ControlPlane, id: &str) -> Result<std::sync::Arc<Datastore>, Problem> {
-    control.api().datastore(id).ok_or_else(|| {
-        Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("Datastore {id} does not exist or is not active"),
-        )
-    })
+    control
+        .registry()
+        .get(id)
+        .map(|l| l.ds.clone())
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("Datastore {id} does not exist or is not active"),
+            )
+        })
 }
 
 fn base_url(headers: &HeaderMap, control: &ControlPlane, ds: &str) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or(control.api().default_host());
-    format!("http://{host}/datastore/{ds}/r4/")
+    format!("{}/", control.origin().fhir_base(headers, ds))
 }
 
 async fn system(
@@ -295,12 +295,9 @@ async fn kick_off(
             Err(e) => return control_error(e.into()),
         }
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or(c.api().default_host());
     let request_url = format!(
-        "http://{host}{}",
+        "{}{}",
+        c.origin().root(&headers),
         uri.path_and_query().map(|p| p.as_str()).unwrap_or("")
     );
     let job = match c

@@ -369,8 +369,9 @@ impl ControlPlane {
                 .map_err(|e| format!("Cannot write the job report: {e}"))?;
         }
         // Done means queryable: wait for the data store's lake sync to commit everything.
-        if let Some(sync) = self.api().sync_handle(&ds.id) {
-            sync.catch_up()
+        if let Some(live) = self.registry().get(&ds.id) {
+            live.sync
+                .catch_up()
                 .await
                 .map_err(|e| format!("The import could not be committed to the lake: {e}"))?;
         }

@@ -30,8 +30,9 @@ use serde_json::{Value, json};
 pub use error::ControlError;
 pub use shapes::epoch_seconds;
 
-use crate::api::ApiState;
 use crate::installation::Installation;
+use crate::origin::HttpOrigin;
+use crate::registry::Registry;
 use fhirlake_lake::background::BackgroundSync;
 use fhirlake_lake::sync::BatchLimits;
 use fhirlake_store::{Datastore, DatastoreStatus};
@@ -79,24 +80,18 @@ impl Default for ControlConfig {
     }
 }
 
-/// Something else that serves data stores (the Flight SQL endpoint) and must learn when one
-/// becomes ACTIVE or stops being served.
-pub trait DatastoreListener: Send + Sync {
-    fn activated(&self, ds: &Datastore);
-    fn removed(&self, ds: &Datastore);
-}
-
-/// The control plane of one installation, attached to its running REST API.
+/// The control plane of one installation, over the registry of live data stores that the
+/// other front ends share.
 #[derive(Clone)]
 pub struct ControlPlane {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    installation: Installation,
-    api: ApiState,
+    registry: Registry,
+    /// Where the HTTP listener is, for the endpoints operations return.
+    origin: HttpOrigin,
     config: ControlConfig,
-    listeners: Vec<Arc<dyn DatastoreListener>>,
     /// When each rate-limited operation last ran.
     last_call: Mutex<BTreeMap<&'static str, Instant>>,
     /// The cancel switch of each export job running in this process.
@@ -132,18 +127,12 @@ fn sql_name(display: &str) -> String {
 }
 
 impl ControlPlane {
-    pub fn new(
-        installation: Installation,
-        api: ApiState,
-        config: ControlConfig,
-        listeners: Vec<Arc<dyn DatastoreListener>>,
-    ) -> Self {
+    pub fn new(registry: Registry, origin: HttpOrigin, config: ControlConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                installation,
-                api,
+                registry,
+                origin,
                 config,
-                listeners,
                 last_call: Mutex::default(),
                 cancels: Mutex::default(),
             }),
@@ -155,11 +144,15 @@ impl ControlPlane {
     }
 
     pub fn installation(&self) -> &Installation {
-        &self.inner.installation
+        self.inner.registry.installation()
     }
 
-    pub(crate) fn api(&self) -> &ApiState {
-        &self.inner.api
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    pub fn origin(&self) -> &HttpOrigin {
+        &self.inner.origin
     }
 
     fn register_cancel(&self, job_id: &str, flag: Arc<std::sync::atomic::AtomicBool>) {
@@ -213,7 +206,7 @@ impl ControlPlane {
     async fn visible_datastore(&self, id: &str) -> Result<(Datastore, Value), ControlError> {
         let not_found = || ControlError::ResourceNotFound(format!("Datastore {id} not found"));
         shapes::check_id("DatastoreId", id)?;
-        let ds = match self.inner.installation.store.datastore(id).await {
+        let ds = match self.installation().store.datastore(id).await {
             Ok(ds) if ds.id == id => ds,
             Ok(_)
             | Err(
@@ -222,12 +215,7 @@ impl ControlPlane {
             ) => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
-        let props = self
-            .inner
-            .installation
-            .store
-            .datastore_properties(id)
-            .await?;
+        let props = self.installation().store.datastore_properties(id).await?;
         if ds.status == DatastoreStatus::Deleted
             && let Some(deleted) = props["DeletedAt"].as_str()
             && let Ok(at) = chrono::DateTime::parse_from_rfc3339(deleted)
@@ -277,7 +265,7 @@ impl ControlPlane {
             }
             None => return Err(shapes::missing("DatastoreTypeVersion")),
         }
-        let store = &self.inner.installation.store;
+        let store = &self.installation().store;
         let token = shapes::client_token(req)?;
         if let Some(token) = &token
             && let Some(ds) = store.datastore_by_client_token(token).await?
@@ -377,32 +365,14 @@ impl ControlPlane {
 
     /// Loads the preload (if asked for), then makes the data store ACTIVE and serves it.
     async fn finish_create(&self, ds: Datastore, mut props: Value) {
-        let inst = &self.inner.installation;
+        let inst = &self.installation();
         let result = if props["PreloadDataConfig"].is_null() {
             Ok(())
         } else {
             self.preload(&ds).await
         };
         match result {
-            Ok(()) => {
-                if let Err(e) = inst
-                    .store
-                    .set_datastore_status(&ds.id, DatastoreStatus::Active)
-                    .await
-                {
-                    tracing::error!(datastore = %ds.id, "cannot activate data store: {e}");
-                    return;
-                }
-                let ds = Datastore {
-                    status: DatastoreStatus::Active,
-                    ..ds
-                };
-                self.inner.api.serve_datastore(ds.clone());
-                for l in &self.inner.listeners {
-                    l.activated(&ds);
-                }
-                tracing::info!(datastore = %ds.id, name = %ds.name, "data store ACTIVE");
-            }
+            Ok(()) => self.go_live(ds).await,
             Err(message) => {
                 tracing::error!(datastore = %ds.id, "data store creation failed: {message}");
                 props["Status"] = json!("CREATE_FAILED");
@@ -421,7 +391,7 @@ impl ControlPlane {
 
     /// Imports the shipped Synthea sample into a new data store and commits it to the lake.
     async fn preload(&self, ds: &Datastore) -> Result<(), String> {
-        let inst = &self.inner.installation;
+        let inst = &self.installation();
         let dir = &self.inner.config.preload_dir;
         if !dir.is_dir() {
             return Err(format!(
@@ -474,7 +444,7 @@ impl ControlPlane {
         let after = shapes::optional_time(&filter["CreatedAfter"], "Filter.CreatedAfter")?;
         let (offset, max) = shapes::page(req)?;
         let mut all = Vec::new();
-        for ds in self.inner.installation.store.list_datastores().await? {
+        for ds in self.installation().store.list_datastores().await? {
             let Ok((ds, props)) = self.visible_datastore(&ds.id).await else {
                 continue;
             };
@@ -517,7 +487,7 @@ impl ControlPlane {
                 ds.name
             )));
         }
-        let store = &self.inner.installation.store;
+        let store = &self.installation().store;
         if let Some(job) = store
             .list_jobs(id, fhirlake_store::JobKind::Import)
             .await?
@@ -544,7 +514,7 @@ impl ControlPlane {
             match this.purge(&ds).await {
                 Ok(()) => {
                     props["DeletedAt"] = json!(now());
-                    let store = &this.inner.installation.store;
+                    let store = &this.installation().store;
                     let _ = store.set_datastore_properties(&ds.id, &props).await;
                     let _ = store
                         .set_datastore_status(&ds.id, DatastoreStatus::Deleted)
@@ -557,16 +527,37 @@ impl ControlPlane {
         Ok(response)
     }
 
+    /// Serves a created data store, then records it ACTIVE: once a client sees ACTIVE, every
+    /// front end answers for it.
+    async fn go_live(&self, ds: Datastore) {
+        let ds = Datastore {
+            status: DatastoreStatus::Active,
+            ..ds
+        };
+        if let Err(e) = self.inner.registry.activate(ds.clone()) {
+            tracing::error!(datastore = %ds.id, "cannot serve the data store: {e}");
+            return;
+        }
+        let recorded = self
+            .installation()
+            .store
+            .set_datastore_status(&ds.id, DatastoreStatus::Active)
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(datastore = %ds.id, "cannot activate data store: {e}");
+            let _ = self.inner.registry.deactivate(&ds.id).await;
+            return;
+        }
+        tracing::info!(datastore = %ds.id, name = %ds.name, "data store ACTIVE");
+    }
+
     /// Stops serving a data store, drops its Iceberg tables (and their files) and removes its
     /// resources from the store.
     async fn purge(&self, ds: &Datastore) -> Result<(), String> {
-        let inst = &self.inner.installation;
-        for l in &self.inner.listeners {
-            l.removed(ds);
-        }
+        let inst = &self.installation();
         self.inner
-            .api
-            .stop_serving(&ds.id)
+            .registry
+            .deactivate(&ds.id)
             .await
             .map_err(|e| e.to_string())?;
         inst.lake
@@ -612,8 +603,7 @@ impl ControlPlane {
             )));
         }
         props["Tags"] = json!(tags);
-        self.inner
-            .installation
+        self.installation()
             .store
             .set_datastore_properties(&ds.id, &props)
             .await?;
@@ -636,8 +626,7 @@ impl ControlPlane {
             tags.remove(key);
         }
         props["Tags"] = json!(tags);
-        self.inner
-            .installation
+        self.installation()
             .store
             .set_datastore_properties(&ds.id, &props)
             .await?;

@@ -126,12 +126,7 @@ async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: B
             }
         }
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or(control.api().default_host())
-        .to_string();
+    let host = control.origin().host(&headers).to_string();
     match dispatch(&control, operation, &parsed, &host).await {
         Ok(out) => reply(StatusCode::OK, &out),
         Err(e) => {

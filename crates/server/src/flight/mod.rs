@@ -19,7 +19,6 @@ mod state;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
@@ -27,12 +26,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 pub use auth::{AuthConfig, Authenticator};
-pub use service::{
-    DATASTORE_HEADER, FhirlakeFlightSql, FlightDatastores, SESSION_COOKIE, ServiceConfig,
-};
+pub use service::{DATASTORE_HEADER, FhirlakeFlightSql, SESSION_COOKIE, ServiceConfig};
 
-use crate::installation::Installation;
-use fhirlake_sql::{QueryLimits, SqlEngine, SqlError};
+use crate::registry::Registry;
+use fhirlake_sql::{QueryLimits, SqlError};
 use fhirlake_store::StoreError;
 
 /// Settings of the Flight SQL endpoint.
@@ -92,15 +89,11 @@ pub struct FlightSqlServer {
     local_addr: SocketAddr,
     tls: Option<ServerTlsConfig>,
     service: FhirlakeFlightSql,
-    datastores: Arc<FlightDatastores>,
 }
 
 impl FlightSqlServer {
-    /// Registers every data store of `installation` and binds `config.addr`.
-    pub async fn bind(
-        installation: &Installation,
-        config: FlightSqlConfig,
-    ) -> Result<Self, FlightSqlError> {
+    /// Serves the data stores of `registry` on `config.addr`.
+    pub async fn bind(registry: Registry, config: FlightSqlConfig) -> Result<Self, FlightSqlError> {
         if !config.addr.ip().is_loopback() && !config.auth.is_enabled() {
             return Err(FlightSqlError::Unauthenticated(config.addr));
         }
@@ -117,22 +110,14 @@ impl FlightSqlServer {
                 Some(ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?)))
             }
         };
-        let datastores = Arc::new(FlightDatastores::new(
-            SqlEngine::new()?,
-            installation.lake.clone(),
-        ));
-        for ds in installation.store.list_datastores().await? {
-            if ds.status.is_served() {
-                datastores.register(&ds)?;
-            }
-        }
-        let default = installation
+        let default = registry
+            .installation()
             .datastore(None)
             .await
             .map(|d| d.name.to_lowercase())
             .unwrap_or_default();
         let service = FhirlakeFlightSql::new(
-            datastores.clone(),
+            registry,
             default,
             Authenticator::new(config.auth.clone()),
             ServiceConfig {
@@ -153,17 +138,11 @@ impl FlightSqlServer {
             local_addr,
             tls,
             service,
-            datastores,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// The served data stores, for the control plane to add to and remove from.
-    pub fn datastores(&self) -> Arc<FlightDatastores> {
-        self.datastores.clone()
     }
 
     /// The URI clients connect to (`grpc://127.0.0.1:50051`).

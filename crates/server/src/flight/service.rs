@@ -7,9 +7,8 @@
 //! data store and a query id (see `QueryTicket`); results stream batch by batch as the
 //! client reads, so a result never has to fit in server memory.
 
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, RecordBatch};
@@ -43,6 +42,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::auth::Authenticator;
 use super::metadata::{self, TABLE_TYPE};
 use super::state::{Interrupted, InterruptedError, QueryTicket, ServerState, guard};
+use crate::registry::Registry;
 use fhirlake_sql::{CATALOG_NAME, QueryLimits, SqlEngine, SqlError};
 
 /// Header naming the data store a call's unqualified table names refer to (ADBC:
@@ -68,76 +68,10 @@ pub struct ServiceConfig {
     pub timeout: Option<Duration>,
 }
 
-/// The data stores the endpoint serves. Shared with the control plane, which registers data
-/// stores created (and removes ones deleted) while the server runs.
-pub struct FlightDatastores {
-    /// Holds every data store; per-data-store engines share its registrations.
-    root: SqlEngine,
-    lake: fhirlake_lake::Lake,
-    /// Data store id and creation name (DatastoreName) -> SQL name, so the header may name a
-    /// store by any of the three.
-    ids: std::sync::RwLock<HashMap<String, String>>,
-    engines: Mutex<HashMap<String, Arc<SqlEngine>>>,
-}
-
-impl FlightDatastores {
-    pub fn new(root: SqlEngine, lake: fhirlake_lake::Lake) -> Self {
-        Self {
-            root,
-            lake,
-            ids: Default::default(),
-            engines: Mutex::default(),
-        }
-    }
-
-    /// Makes `ds` queryable (all resource types, as the REPL shows them).
-    pub fn register(&self, ds: &fhirlake_store::Datastore) -> Result<(), SqlError> {
-        self.root.register_datastore(
-            &ds.name,
-            fhirlake_lake::provider::LakeTable::all_types(&self.lake, &ds.name),
-        )?;
-        // Its id and the name it was created with (`bar-store`) name it as well as its SQL
-        // name (`bar_store`), as everywhere else.
-        let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
-        ids.insert(ds.id.clone(), ds.name.to_lowercase());
-        if let Some(display) = &ds.display_name {
-            ids.insert(display.clone(), ds.name.to_lowercase());
-        }
-        Ok(())
-    }
-
-    /// Stops serving `ds`; queries naming it fail with NOT_FOUND from now on.
-    pub fn deregister(&self, ds: &fhirlake_store::Datastore) {
-        let name = ds.name.to_lowercase();
-        self.root.deregister_datastore(&name);
-        let mut ids = self.ids.write().unwrap_or_else(|e| e.into_inner());
-        ids.remove(&ds.id);
-        if let Some(display) = &ds.display_name {
-            ids.remove(display);
-        }
-        drop(ids);
-        self.engines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&name);
-    }
-}
-
-impl crate::control::DatastoreListener for FlightDatastores {
-    fn activated(&self, ds: &fhirlake_store::Datastore) {
-        if let Err(e) = self.register(ds) {
-            tracing::error!(datastore = %ds.name, "Flight SQL cannot serve the data store: {e}");
-        }
-    }
-
-    fn removed(&self, ds: &fhirlake_store::Datastore) {
-        self.deregister(ds);
-    }
-}
-
 /// The Flight SQL service.
 pub struct FhirlakeFlightSql {
-    datastores: Arc<FlightDatastores>,
+    /// The live data stores (shared with the other front ends).
+    registry: Registry,
     /// The data store unqualified names mean when a call does not choose one.
     default_datastore: String,
     auth: Authenticator,
@@ -148,14 +82,14 @@ pub struct FhirlakeFlightSql {
 
 impl FhirlakeFlightSql {
     pub fn new(
-        datastores: Arc<FlightDatastores>,
+        registry: Registry,
         default_datastore: String,
         auth: Authenticator,
         config: ServiceConfig,
     ) -> Self {
         let sql_info = metadata::sql_info(config.timeout.map(|t| t.as_secs()));
         Self {
-            datastores,
+            registry,
             default_datastore,
             auth,
             state: Arc::default(),
@@ -164,28 +98,14 @@ impl FhirlakeFlightSql {
         }
     }
 
-    /// The engine whose current data store is `datastore` (a name or id).
+    /// The engine whose current data store is `datastore` (an id, creation name or SQL name).
     fn engine(&self, datastore: &str) -> Result<(String, Arc<SqlEngine>), Status> {
-        let d = &self.datastores;
-        let name = d
-            .ids
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(datastore)
-            .cloned()
-            .unwrap_or_else(|| datastore.to_lowercase());
-        let mut engines = d.engines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(engine) = engines.get(&name) {
-            return Ok((name, Arc::clone(engine)));
-        }
-        let engine = Arc::new(d.root.for_datastore(&name).map_err(|e| {
+        self.registry.sql_engine(datastore).map_err(|e| {
             Status::not_found(format!(
                 "{e}; the data stores are: {}",
-                d.root.datastores().join(", ")
+                self.registry.sql().datastores().join(", ")
             ))
-        })?);
-        engines.insert(name.clone(), Arc::clone(&engine));
-        Ok((name, engine))
+        })
     }
 
     /// Authenticates the call and picks its data store: the header, else the session's
@@ -773,7 +693,7 @@ impl FlightSqlService for FhirlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.auth.check(request.metadata())?;
         let mut builder = query.into_builder();
-        for datastore in self.datastores.root.datastores() {
+        for datastore in self.registry.sql().datastores() {
             builder.append(CATALOG_NAME, datastore);
         }
         Ok(Response::new(batch_stream(
@@ -797,10 +717,10 @@ impl FlightSqlService for FhirlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         self.auth.check(request.metadata())?;
         let mut builder = query.into_builder();
-        for datastore in self.datastores.root.datastores() {
+        for datastore in self.registry.sql().datastores() {
             for table in self
-                .datastores
-                .root
+                .registry
+                .sql()
                 .tables(Some(&datastore))
                 .map_err(sql_status)?
             {
