@@ -23,6 +23,85 @@ impl JobKind {
     }
 }
 
+/// A job's status, as HealthLake names it (`JobStatus` in its API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Submitted,
+    Queued,
+    InProgress,
+    CompletedWithErrors,
+    Completed,
+    Failed,
+    CancelSubmitted,
+    CancelInProgress,
+    CancelCompleted,
+    CancelFailed,
+}
+
+impl JobStatus {
+    const ALL: [JobStatus; 10] = [
+        Self::Submitted,
+        Self::Queued,
+        Self::InProgress,
+        Self::CompletedWithErrors,
+        Self::Completed,
+        Self::Failed,
+        Self::CancelSubmitted,
+        Self::CancelInProgress,
+        Self::CancelCompleted,
+        Self::CancelFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "SUBMITTED",
+            Self::Queued => "QUEUED",
+            Self::InProgress => "IN_PROGRESS",
+            Self::CompletedWithErrors => "COMPLETED_WITH_ERRORS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+            Self::CancelSubmitted => "CANCEL_SUBMITTED",
+            Self::CancelInProgress => "CANCEL_IN_PROGRESS",
+            Self::CancelCompleted => "CANCEL_COMPLETED",
+            Self::CancelFailed => "CANCEL_FAILED",
+        }
+    }
+
+    /// The status named by `s` (HealthLake's spelling), if any.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// True while the job holds its data store's single job slot (it has not finished).
+    pub fn is_running(self) -> bool {
+        matches!(
+            self,
+            Self::Submitted
+                | Self::Queued
+                | Self::InProgress
+                | Self::CancelSubmitted
+                | Self::CancelInProgress
+        )
+    }
+}
+
+/// `'SUBMITTED', 'QUEUED', ...`: the running statuses as an SQL list.
+fn running_names() -> String {
+    let names: Vec<String> = JobStatus::ALL
+        .into_iter()
+        .filter(|s| s.is_running())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect();
+    names.join(", ")
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
@@ -30,8 +109,7 @@ pub struct Job {
     pub job_id: String,
     pub datastore_id: String,
     pub kind: JobKind,
-    /// HealthLake's status name (`SUBMITTED`, `IN_PROGRESS`, `COMPLETED`, ...).
-    pub status: String,
+    pub status: JobStatus,
     /// RFC 3339.
     pub submit_time: String,
     pub end_time: Option<String>,
@@ -43,10 +121,7 @@ pub struct Job {
 impl Job {
     /// True while the job holds its data store's single job slot.
     pub fn is_running(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "SUBMITTED" | "IN_PROGRESS" | "CANCEL_SUBMITTED" | "CANCEL_IN_PROGRESS"
-        )
+        self.status.is_running()
     }
 }
 
@@ -59,7 +134,8 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> Job {
         } else {
             JobKind::Import
         },
-        status: row.get("status"),
+        // Rows are only written from a JobStatus; an unknown name would be a foreign edit.
+        status: JobStatus::from_name(row.get("status")).unwrap_or(JobStatus::Failed),
         submit_time: row.get("submit_time"),
         end_time: row.get("end_time"),
         client_token: row.get("client_token"),
@@ -76,10 +152,10 @@ impl Store {
         self.exclusive(move |conn| {
             Box::pin(async move {
                 let mut tx = begin_immediate(conn).await?;
-                let running = sqlx::query(
-                    "SELECT * FROM jobs WHERE datastore_id = ? AND status IN \
-                     ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') LIMIT 1",
-                )
+                let running = sqlx::query(&format!(
+                    "SELECT * FROM jobs WHERE datastore_id = ? AND status IN ({}) LIMIT 1",
+                    running_names()
+                ))
                 .bind(&job.datastore_id)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -93,7 +169,7 @@ impl Store {
                 .bind(&job.job_id)
                 .bind(&job.datastore_id)
                 .bind(job.kind.as_str())
-                .bind(&job.status)
+                .bind(job.status.as_str())
                 .bind(&job.submit_time)
                 .bind(&job.end_time)
                 .bind(&job.client_token)
@@ -110,7 +186,7 @@ impl Store {
     /// Writes a job's status, end time and properties.
     pub async fn update_job(&self, job: &Job) -> Result<(), StoreError> {
         let (status, end_time, properties, job_id) = (
-            job.status.clone(),
+            job.status.as_str(),
             job.end_time.clone(),
             job.properties.to_string(),
             job.job_id.clone(),
@@ -180,11 +256,10 @@ impl Store {
 
     /// Every job that has not finished (after a restart: the ones to resume or fail).
     pub async fn unfinished_jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM jobs WHERE status IN \
-             ('SUBMITTED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS') \
-             ORDER BY submit_time",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM jobs WHERE status IN ({}) ORDER BY submit_time",
+            running_names()
+        ))
         .fetch_all(self.pool())
         .await?;
         Ok(rows.iter().map(from_row).collect())
@@ -201,12 +276,25 @@ mod tests {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
             datastore_id: datastore_id.into(),
             kind: JobKind::Export,
-            status: "SUBMITTED".into(),
+            status: JobStatus::Submitted,
             submit_time: "2026-01-01T00:00:00.000Z".into(),
             end_time: None,
             client_token: None,
             properties: serde_json::json!({}),
         }
+    }
+
+    #[test]
+    fn job_statuses_use_healthlake_names_everywhere() {
+        for s in JobStatus::ALL {
+            assert_eq!(JobStatus::from_name(s.as_str()), Some(s));
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+        assert_eq!(JobStatus::from_name("completed"), None);
+        assert_eq!(
+            running_names(),
+            "'SUBMITTED', 'QUEUED', 'IN_PROGRESS', 'CANCEL_SUBMITTED', 'CANCEL_IN_PROGRESS'"
+        );
     }
 
     /// Job slots are taken while other connections write resources (an export kicked off

@@ -23,7 +23,7 @@ mod writer;
 pub mod writes;
 
 pub use datastores::{Datastore, DatastoreStatus, validate_name as validate_datastore_name};
-pub use jobs::{Job, JobKind};
+pub use jobs::{Job, JobKind, JobStatus};
 pub use lake_rows::{AddedFile, LakeCommitRecord, LakeFile, LakeRow};
 pub use resources::{Change, NewResource, WrittenVersion};
 pub use snapshot::SnapshotResource;

@@ -281,7 +281,7 @@ pub(super) async fn in_transaction(conn: &mut SqliteConnection) -> Result<bool, 
 mod tests {
     use std::time::Duration;
 
-    use super::super::{Job as StoredJob, JobKind, NewResource, Store};
+    use super::super::{Job as StoredJob, JobKind, JobStatus, NewResource, Store};
 
     fn patient(id: &str) -> Vec<NewResource> {
         vec![NewResource {
@@ -296,7 +296,7 @@ mod tests {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
             datastore_id: datastore_id.into(),
             kind: JobKind::Import,
-            status: "COMPLETED".into(),
+            status: JobStatus::Completed,
             submit_time: "2026-01-01T00:00:00.000Z".into(),
             end_time: None,
             client_token: None,

@@ -30,7 +30,7 @@ use super::location::Location;
 use super::{ControlError, ControlPlane};
 use crate::export::{ExportRequest, ExportScope};
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
-use fhirlake_store::{Datastore, JobKind};
+use fhirlake_store::{Datastore, JobKind, JobStatus};
 
 const FHIR_JSON: &str = "application/fhir+json";
 const NDJSON_FORMATS: [&str; 3] = ["application/fhir+ndjson", "application/ndjson", "ndjson"];
@@ -358,8 +358,8 @@ async fn status(
         Ok(j) => j,
         Err(r) => return r,
     };
-    match job.status.as_str() {
-        "SUBMITTED" | "IN_PROGRESS" => {
+    match job.status {
+        JobStatus::Submitted | JobStatus::Queued | JobStatus::InProgress => {
             let p = &job.properties["Progress"];
             let progress = format!(
                 "{} resources, {}/{} resource types",
@@ -375,7 +375,7 @@ async fn status(
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             r
         }
-        "COMPLETED" => {
+        JobStatus::Completed => {
             let base = base_url(&headers, &c, &ds);
             let output: Vec<Value> = job.properties["Output"]
                 .as_array()
@@ -400,11 +400,13 @@ async fn status(
                 }),
             )
         }
-        "CANCEL_SUBMITTED" | "CANCEL_IN_PROGRESS" | "CANCEL_COMPLETED" => outcome(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            format!("export job {job_id} was cancelled"),
-        ),
+        JobStatus::CancelSubmitted | JobStatus::CancelInProgress | JobStatus::CancelCompleted => {
+            outcome(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("export job {job_id} was cancelled"),
+            )
+        }
         _ => outcome(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",

@@ -20,7 +20,7 @@ use super::location::Location;
 use super::shapes;
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
-use fhirlake_store::{Datastore, DatastoreStatus, Job, JobKind};
+use fhirlake_store::{Datastore, DatastoreStatus, Job, JobKind, JobStatus};
 
 /// The name of a job's output directory under its output location.
 pub fn output_name(ds_id: &str, job_id: &str) -> String {
@@ -77,7 +77,7 @@ impl ControlPlane {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
             datastore_id: ds.id.clone(),
             kind: JobKind::Export,
-            status: "SUBMITTED".into(),
+            status: JobStatus::Submitted,
             submit_time: now(),
             end_time: None,
             client_token,
@@ -109,7 +109,7 @@ impl ControlPlane {
         cancel: Arc<AtomicBool>,
     ) {
         let store = self.installation().store.clone();
-        job.status = "IN_PROGRESS".into();
+        job.status = JobStatus::InProgress;
         let _ = store.update_job(&job).await;
         let name = output_name(&ds.id, &job.job_id);
         let staging = self.staging_dir(&job.job_id);
@@ -168,16 +168,16 @@ impl ControlPlane {
         }
         match result {
             Ok(report) => {
-                job.status = "COMPLETED".into();
+                job.status = JobStatus::Completed;
                 job.properties["TransactionTime"] = json!(report.transaction_time);
                 job.properties["Output"] = json!(report.files_json());
             }
             Err(Some(message)) => {
-                job.status = "FAILED".into();
+                job.status = JobStatus::Failed;
                 job.properties["Message"] = json!(format!("Export failed: {message}"));
             }
             Err(None) => {
-                job.status = "CANCEL_COMPLETED".into();
+                job.status = JobStatus::CancelCompleted;
                 job.properties["Message"] = json!(match output {
                     Location::Local(_) =>
                         "The export was cancelled; files written before the cancel are left \
@@ -204,7 +204,7 @@ impl ControlPlane {
                 "Export job {job_id} not found in datastore {ds_id}"
             )));
         }
-        if !matches!(job.status.as_str(), "SUBMITTED" | "IN_PROGRESS") {
+        if !matches!(job.status, JobStatus::Submitted | JobStatus::InProgress) {
             return Err(ControlError::Validation(format!(
                 "Export job {job_id} is {}; only a running job can be cancelled",
                 job.status
@@ -218,7 +218,7 @@ impl ControlPlane {
                 )));
             }
         }
-        job.status = "CANCEL_SUBMITTED".into();
+        job.status = JobStatus::CancelSubmitted;
         store.update_job(&job).await?;
         Ok(job)
     }

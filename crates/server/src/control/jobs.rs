@@ -21,7 +21,7 @@ use super::location::{Location, Object};
 use super::shapes;
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::ingest::{ImportOptions, ImportProgress};
-use fhirlake_store::{DatastoreStatus, Job, JobKind};
+use fhirlake_store::{DatastoreStatus, Job, JobKind, JobStatus};
 
 /// Limits of one import job (HealthLake's quotas).
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +116,7 @@ impl ControlPlane {
         let store = &self.installation().store;
         let jobs = store.unfinished_jobs().await?;
         for mut job in jobs.iter().cloned() {
-            job.status = "FAILED".into();
+            job.status = JobStatus::Failed;
             job.end_time = Some(now());
             job.properties["Message"] = json!(match job.kind {
                 JobKind::Import =>
@@ -222,7 +222,7 @@ impl ControlPlane {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
             datastore_id: ds_id.to_string(),
             kind: JobKind::Import,
-            status: "SUBMITTED".into(),
+            status: JobStatus::Submitted,
             submit_time: now(),
             end_time: None,
             client_token: start.token,
@@ -241,7 +241,7 @@ impl ControlPlane {
                 running.job_id
             )));
         }
-        let response = json!({"JobId": job.job_id, "JobStatus": "SUBMITTED", "DatastoreId": ds_id});
+        let response = json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id});
         let this = self.clone();
         tokio::spawn(async move { this.run_import(job, ds, input, output).await });
         Ok(response)
@@ -265,9 +265,9 @@ impl ControlPlane {
         }
         let (status, message) = match result {
             Ok(status) => (status, None),
-            Err(message) => ("FAILED", Some(message)),
+            Err(message) => (JobStatus::Failed, Some(message)),
         };
-        job.status = status.to_string();
+        job.status = status;
         job.end_time = Some(now());
         if let Some(m) = message {
             job.properties["Message"] = json!(m);
@@ -285,7 +285,7 @@ impl ControlPlane {
         input: &Location,
         output: &Location,
         staging: &Path,
-    ) -> Result<&'static str, String> {
+    ) -> Result<JobStatus, String> {
         let store = self.installation().store.clone();
         let cannot_read = |e: &dyn std::fmt::Display| format!("Cannot read the input: {e}");
         // What the input holds, checked against the limits before anything is read.
@@ -324,7 +324,7 @@ impl ControlPlane {
         let total: u64 = listing.iter().map(|(_, s)| s).sum();
         let file_count = listing.len();
 
-        job.status = "IN_PROGRESS".into();
+        job.status = JobStatus::InProgress;
         let _ = store.update_job(job).await;
         if let Location::S3(prefix) = input {
             prefix
@@ -376,9 +376,9 @@ impl ControlPlane {
                 .map_err(|e| format!("The import could not be committed to the lake: {e}"))?;
         }
         Ok(if report.failed() > 0 {
-            "COMPLETED_WITH_ERRORS"
+            JobStatus::CompletedWithErrors
         } else {
-            "COMPLETED"
+            JobStatus::Completed
         })
     }
 
@@ -446,7 +446,16 @@ impl ControlPlane {
         let ds_id = shapes::required_str(obj, "DatastoreId")?;
         self.visible_datastore(ds_id).await?;
         let name = obj.get("JobName").and_then(Value::as_str);
-        let status = obj.get("JobStatus").and_then(Value::as_str);
+        let status = match obj.get("JobStatus") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().and_then(JobStatus::from_name).ok_or_else(|| {
+                ControlError::Validation(format!(
+                    "JobStatus {v} is not one of SUBMITTED, QUEUED, IN_PROGRESS, \
+                     COMPLETED_WITH_ERRORS, COMPLETED, FAILED, CANCEL_SUBMITTED, \
+                     CANCEL_IN_PROGRESS, CANCEL_COMPLETED, CANCEL_FAILED"
+                ))
+            })?),
+        };
         let before = shapes::optional_time(&req["SubmittedBefore"], "SubmittedBefore")?;
         let after = shapes::optional_time(&req["SubmittedAfter"], "SubmittedAfter")?;
         let (offset, max) = shapes::page(obj)?;
@@ -456,11 +465,11 @@ impl ControlPlane {
             .list_jobs(ds_id, kind)
             .await?
             .iter()
+            .filter(|job| status.is_none_or(|s| job.status == s))
             .map(show)
             .filter(|p| {
                 let submitted = p["SubmitTime"].as_f64().unwrap_or(0.0);
                 name.is_none_or(|n| p["JobName"].as_str() == Some(n))
-                    && status.is_none_or(|s| p["JobStatus"].as_str() == Some(s))
                     && before.is_none_or(|b| submitted < b)
                     && after.is_none_or(|a| submitted > a)
             })
