@@ -1,6 +1,7 @@
 //! The `fhirlake` command line.
 
-use fhirlake::control::location::S3Prefix;
+use fhirlake::control::location::{Location, S3Prefix};
+use fhirlake::control::staging::{Staging, import_report_name};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -385,23 +386,22 @@ impl ImportArgs {
             quiet,
         } = self;
         let inst = g.open().await?;
-        match s3_uri(&path) {
-            Some(uri) => {
-                let prefix = S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?;
-                let staging = cli_staging_dir(&inst);
-                let staged = prefix.stage_input(&staging).await;
-                let result = match staged {
-                    Ok(0) => Err(anyhow::anyhow!(
-                        "{uri} holds no .ndjson, .ndjson.gz, .json or .jsonl objects"
-                    )),
-                    Ok(_) => import(&inst, &staging, datastore.as_deref(), quiet).await,
-                    Err(e) => Err(e.into()),
-                };
-                let _ = std::fs::remove_dir_all(&staging);
-                result?;
+        let input = cli_location(&path)?;
+        let staging = Staging::new(cli_staging_dir(&inst));
+        let result = async {
+            let listing = staging.list(&input).await?;
+            if listing.files.is_empty() {
+                anyhow::bail!(
+                    "{} holds no .ndjson, .ndjson.gz, .json or .jsonl objects",
+                    path.display()
+                );
             }
-            None => import(&inst, &path, datastore.as_deref(), quiet).await?,
+            let dir = staging.fetch(&listing).await?;
+            import(&inst, &dir, datastore.as_deref(), quiet).await
         }
+        .await;
+        staging.remove().await;
+        result?;
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -421,14 +421,9 @@ impl ExportArgs {
         let inst = g.open().await?;
         let ds = inst.datastore(datastore.as_deref()).await?;
         // An s3:// output is written to a staging directory and uploaded once complete.
-        let upload = match s3_uri(&out) {
-            Some(uri) => Some(S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?),
-            None => None,
-        };
-        let dir = match upload {
-            Some(_) => cli_staging_dir(&inst),
-            None => out.clone(),
-        };
+        let output = cli_location(&out)?;
+        let staging = Staging::new(cli_staging_dir(&inst));
+        let dir = staging.writable(&output);
         let request = ExportRequest {
             scope: match (patient, group) {
                 (_, Some(g)) => ExportScope::Group(g),
@@ -458,13 +453,11 @@ impl ExportArgs {
                 .map_err(anyhow::Error::from),
             Err(e) => Err(e.into()),
         };
-        let uploaded = match (&written, &upload) {
-            (Ok(_), Some(prefix)) => prefix.upload_dir(&dir).await.map(|_| ()),
-            _ => Ok(()),
+        let uploaded = match &written {
+            Ok(_) => staging.publish(&output).await,
+            Err(_) => Ok(()),
         };
-        if upload.is_some() {
-            let _ = std::fs::remove_dir_all(&dir);
-        }
+        staging.remove().await;
         let report = written?;
         uploaded?;
         let seconds = report.seconds;
@@ -722,9 +715,13 @@ async fn repl(
 }
 
 /// Imports `path` and commits it to the lake, with progress and a summary.
-/// `path` as an `s3://` URI, if it is one.
-fn s3_uri(path: &Path) -> Option<&str> {
-    path.to_str().filter(|p| p.starts_with("s3://"))
+/// A command's input or output: an `s3://` URI (reached with the AWS_* environment, no
+/// allowed-root check: this is the operator's own CLI) or a local path.
+fn cli_location(path: &Path) -> anyhow::Result<Location> {
+    Ok(match path.to_str().filter(|p| p.starts_with("s3://")) {
+        Some(uri) => Location::S3(S3Prefix::from_uri(uri).map_err(anyhow::Error::msg)?),
+        None => Location::Local(path.to_path_buf()),
+    })
 }
 
 /// A fresh directory for one CLI command's S3 staging; apart from the server's job staging,
@@ -746,7 +743,7 @@ async fn import(
     let report_dir = inst
         .data_dir
         .join("imports")
-        .join(format!("{}-FHIR_IMPORT-{}", ds.id, job_id));
+        .join(import_report_name(&ds.id, &job_id));
     let options = ImportOptions::new(report_dir);
     let progress = Arc::new(ImportProgress::default());
     let started = Instant::now();

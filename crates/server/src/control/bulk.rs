@@ -25,8 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::export_jobs::{output_name, recorded_output};
+use super::export_jobs::recorded_output;
 use super::location::Location;
+use super::staging::export_output_name;
 use super::{ControlError, ControlPlane};
 use crate::export::{ExportRequest, ExportScope};
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
@@ -468,7 +469,7 @@ async fn file(
         )
     };
     let output = recorded_output(&job);
-    let file = format!("{}/{name}", output_name(&ds, &job_id));
+    let file = format!("{}/{name}", export_output_name(&ds, &job_id));
     let stream = match output.strip_prefix("file://") {
         Some(dir) => match tokio::fs::File::open(std::path::Path::new(dir).join(&file)).await {
             Ok(f) => Body::from_stream(tokio_util::io::ReaderStream::new(f)),

@@ -8,7 +8,6 @@
 //! `manifest.json` listing the files; an `s3://` output is written to the job's staging
 //! directory and uploaded once complete, so readers never see a partial export there.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,14 +17,10 @@ use serde_json::{Value, json};
 use super::jobs::{StartRequest, with_optional_members};
 use super::location::Location;
 use super::shapes;
+use super::staging::{Staging, export_output_name};
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
 use fhirlake_store::{Datastore, DatastoreStatus, Job, JobKind, JobStatus};
-
-/// The name of a job's output directory under its output location.
-pub fn output_name(ds_id: &str, job_id: &str) -> String {
-    format!("{ds_id}-FHIR_EXPORT-{job_id}")
-}
 
 /// The output location recorded for `job` (a URI; jobs recorded before S3 support hold a
 /// plain local path).
@@ -111,12 +106,9 @@ impl ControlPlane {
         let store = self.installation().store.clone();
         job.status = JobStatus::InProgress;
         let _ = store.update_job(&job).await;
-        let name = output_name(&ds.id, &job.job_id);
-        let staging = self.staging_dir(&job.job_id);
-        let dir: PathBuf = match &output {
-            Location::Local(base) => base.join(&name),
-            Location::S3(_) => staging.join(&name),
-        };
+        let staging = Staging::new(self.staging_dir(&job.job_id));
+        let target = output.join(&export_output_name(&ds.id, &job.job_id));
+        let dir = staging.writable(&target);
         let progress = Arc::new(ExportProgress::default());
         let reporter = {
             let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
@@ -150,22 +142,15 @@ impl ControlPlane {
         let result: Result<_, Option<String>> = match result {
             Ok(report) => match report.write_manifest(&dir, &ds.id, Some(&job.job_id)).await {
                 Err(e) => Err(Some(e.to_string())),
-                Ok(()) => match &output {
-                    Location::Local(_) => Ok(report),
-                    Location::S3(prefix) => match prefix.join(&name).upload_dir(&dir).await {
-                        Ok(_) => Ok(report),
-                        Err(e) => Err(Some(e.to_string())),
-                    },
+                Ok(()) => match staging.publish(&target).await {
+                    Ok(()) => Ok(report),
+                    Err(e) => Err(Some(e.to_string())),
                 },
             },
             Err(ExportError::Cancelled) => Err(None),
             Err(e) => Err(Some(e.to_string())),
         };
-        if staging.exists()
-            && let Err(e) = tokio::fs::remove_dir_all(&staging).await
-        {
-            tracing::warn!(job = %job.job_id, "cannot remove {}: {e}", staging.display());
-        }
+        staging.remove().await;
         match result {
             Ok(report) => {
                 job.status = JobStatus::Completed;

@@ -10,15 +10,16 @@
 //! ([`super::location`]); an S3 input is staged in the installation's `staging/` directory and
 //! the job's report uploaded to its S3 output when the job ends.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::location::{Location, Object};
+use super::location::Location;
 use super::shapes;
+use super::staging::{Staging, import_report_name};
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::ingest::{ImportOptions, ImportProgress};
 use fhirlake_store::{DatastoreStatus, Job, JobKind, JobStatus};
@@ -254,15 +255,11 @@ impl ControlPlane {
         input: Location,
         output: Location,
     ) {
-        let staging = self.staging_dir(&job.job_id);
+        let staging = Staging::new(self.staging_dir(&job.job_id));
         let result = self
             .import_job(&mut job, &ds, &input, &output, &staging)
             .await;
-        if staging.exists()
-            && let Err(e) = tokio::fs::remove_dir_all(&staging).await
-        {
-            tracing::warn!(job = %job.job_id, "cannot remove {}: {e}", staging.display());
-        }
+        staging.remove().await;
         let (status, message) = match result {
             Ok(status) => (status, None),
             Err(message) => (JobStatus::Failed, Some(message)),
@@ -284,59 +281,23 @@ impl ControlPlane {
         ds: &fhirlake_store::Datastore,
         input: &Location,
         output: &Location,
-        staging: &Path,
+        staging: &Staging,
     ) -> Result<JobStatus, String> {
         let store = self.installation().store.clone();
         let cannot_read = |e: &dyn std::fmt::Display| format!("Cannot read the input: {e}");
         // What the input holds, checked against the limits before anything is read.
-        let (input_dir, listing, objects) = match input {
-            Location::Local(path) => {
-                let files =
-                    crate::ingest::reader::input_files(path).map_err(|e| cannot_read(&e))?;
-                let listing: Vec<(String, u64)> = files
-                    .iter()
-                    .map(|f| {
-                        let size = std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
-                        (f.display().to_string(), size)
-                    })
-                    .collect();
-                (path.clone(), listing, Vec::new())
-            }
-            Location::S3(prefix) => {
-                let objects: Vec<Object> = prefix
-                    .list()
-                    .await
-                    .map_err(|e| cannot_read(&e))?
-                    .into_iter()
-                    .filter(|o| crate::ingest::reader::is_ndjson_name(Path::new(&o.name)))
-                    .collect();
-                let listing = objects
-                    .iter()
-                    .map(|o| (format!("s3://{}/{}", prefix.bucket, o.key), o.size))
-                    .collect();
-                (staging.join("input"), listing, objects)
-            }
-        };
-        let limits = ImportLimits::default();
-        if let Some(message) = limit_error(&listing, &limits) {
+        let listing = staging.list(input).await.map_err(|e| cannot_read(&e))?;
+        if let Some(message) = limit_error(&listing.files, &ImportLimits::default()) {
             return Err(message);
         }
-        let total: u64 = listing.iter().map(|(_, s)| s).sum();
-        let file_count = listing.len();
+        let total = listing.total_bytes();
+        let file_count = listing.files.len();
 
         job.status = JobStatus::InProgress;
         let _ = store.update_job(job).await;
-        if let Location::S3(prefix) = input {
-            prefix
-                .download(&objects, &input_dir)
-                .await
-                .map_err(|e| cannot_read(&e))?;
-        }
-        let report_name = format!("{}-FHIR_IMPORT-{}", ds.id, job.job_id);
-        let report_dir = match output {
-            Location::Local(dir) => dir.join(&report_name),
-            Location::S3(_) => staging.join("output").join(&report_name),
-        };
+        let input_dir = staging.fetch(&listing).await.map_err(|e| cannot_read(&e))?;
+        let output = output.join(&import_report_name(&ds.id, &job.job_id));
+        let report_dir = staging.writable(&output);
         let progress = Arc::new(ImportProgress::default());
         // Counters reach DescribeFHIRImportJob every two seconds while the job runs.
         let reporter = {
@@ -361,13 +322,10 @@ impl ControlPlane {
         reporter.abort();
         job.properties["JobProgressReport"] = progress_report(&progress, file_count, total);
         let report = result.map_err(|e| format!("Import failed: {e}"))?;
-        if let Location::S3(prefix) = output {
-            prefix
-                .join(&report_name)
-                .upload_dir(&report_dir)
-                .await
-                .map_err(|e| format!("Cannot write the job report: {e}"))?;
-        }
+        staging
+            .publish(&output)
+            .await
+            .map_err(|e| format!("Cannot write the job report: {e}"))?;
         // Done means queryable: wait for the data store's lake sync to commit everything.
         if let Some(live) = self.registry().get(&ds.id) {
             live.sync

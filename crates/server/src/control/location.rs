@@ -185,6 +185,8 @@ pub enum TransferError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Input(#[from] crate::ingest::reader::InputError),
 }
 
 impl S3Prefix {
@@ -210,19 +212,6 @@ impl S3Prefix {
             .build()
             .map_err(|e| format!("'{uri}': cannot reach S3: {e}"))?;
         Ok(S3Prefix::new(&bucket, &key, Arc::new(store)))
-    }
-
-    /// Downloads the NDJSON objects under the prefix into `dir` (for an import); returns how
-    /// many.
-    pub async fn stage_input(&self, dir: &Path) -> Result<usize, TransferError> {
-        let objects: Vec<Object> = self
-            .list()
-            .await?
-            .into_iter()
-            .filter(|o| crate::ingest::reader::is_ndjson_name(Path::new(&o.name)))
-            .collect();
-        self.download(&objects, dir).await?;
-        Ok(objects.len())
     }
 
     pub fn join(&self, name: &str) -> S3Prefix {

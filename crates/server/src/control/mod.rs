@@ -18,6 +18,7 @@ pub mod jobs;
 pub mod location;
 mod shapes;
 pub mod sigv4;
+pub mod staging;
 pub mod wire;
 
 use std::collections::BTreeMap;
