@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::operation::Operation;
 use super::wire::dispatch;
 use super::{ControlError, ControlPlane};
 
@@ -86,7 +87,7 @@ fn parse_tags(tags: &[String]) -> Result<Vec<Value>, ControlError> {
 fn request(
     control: &ControlPlane,
     cmd: &DatastoreCommand,
-) -> Result<(&'static str, Value), ControlError> {
+) -> Result<(Operation, Value), ControlError> {
     Ok(match cmd {
         DatastoreCommand::Create {
             name,
@@ -107,9 +108,11 @@ fn request(
             if let Some(t) = client_token {
                 req["ClientToken"] = json!(t);
             }
-            ("CreateFHIRDatastore", req)
+            (Operation::CreateDatastore, req)
         }
-        DatastoreCommand::Describe { id } => ("DescribeFHIRDatastore", json!({"DatastoreId": id})),
+        DatastoreCommand::Describe { id } => {
+            (Operation::DescribeDatastore, json!({"DatastoreId": id}))
+        }
         DatastoreCommand::List { name, status } => {
             let mut filter = serde_json::Map::new();
             if let Some(n) = name {
@@ -123,19 +126,19 @@ fn request(
             } else {
                 json!({"Filter": filter})
             };
-            ("ListFHIRDatastores", req)
+            (Operation::ListDatastores, req)
         }
-        DatastoreCommand::Delete { id } => ("DeleteFHIRDatastore", json!({"DatastoreId": id})),
+        DatastoreCommand::Delete { id } => (Operation::DeleteDatastore, json!({"DatastoreId": id})),
         DatastoreCommand::Tag { id, tags } => (
-            "TagResource",
+            Operation::TagResource,
             json!({"ResourceARN": control.arn(id), "Tags": parse_tags(tags)?}),
         ),
         DatastoreCommand::Untag { id, keys } => (
-            "UntagResource",
+            Operation::UntagResource,
             json!({"ResourceARN": control.arn(id), "TagKeys": keys}),
         ),
         DatastoreCommand::Tags { id } => (
-            "ListTagsForResource",
+            Operation::ListTagsForResource,
             json!({"ResourceARN": control.arn(id)}),
         ),
     })

@@ -16,6 +16,7 @@ pub mod error;
 pub mod export_jobs;
 pub mod jobs;
 pub mod location;
+pub mod operation;
 mod shapes;
 pub mod sigv4;
 pub mod staging;

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
 
+use super::operation::Operation;
 use super::{ControlError, ControlPlane};
 
 /// The content type of the protocol.
@@ -65,28 +66,25 @@ fn error_reply(e: &ControlError) -> Response {
 /// Runs one operation by name on a parsed body.
 pub async fn dispatch(
     control: &ControlPlane,
-    operation: &str,
+    operation: Operation,
     body: &Value,
     host: &str,
 ) -> Result<Value, ControlError> {
     match operation {
-        "CreateFHIRDatastore" => control.create_datastore(body, host).await,
-        "DescribeFHIRDatastore" => control.describe_datastore(body, host).await,
-        "ListFHIRDatastores" => control.list_datastores(body, host).await,
-        "DeleteFHIRDatastore" => control.delete_datastore(body, host).await,
-        "TagResource" => control.tag_resource(body).await,
-        "UntagResource" => control.untag_resource(body).await,
-        "ListTagsForResource" => control.list_tags(body).await,
-        "StartFHIRImportJob" => control.start_import(body).await,
-        "DescribeFHIRImportJob" => control.describe_import(body).await,
-        "ListFHIRImportJobs" => control.list_imports(body).await,
-        "StartFHIRExportJob" => control.start_export(body).await,
-        "DescribeFHIRExportJob" => control.describe_export(body).await,
-        "ListFHIRExportJobs" => control.list_exports(body).await,
-        "CancelFHIRExportJob" => control.cancel_export(body).await,
-        other => Err(ControlError::Validation(format!(
-            "Operation {other} is not supported by this server"
-        ))),
+        Operation::CreateDatastore => control.create_datastore(body, host).await,
+        Operation::DescribeDatastore => control.describe_datastore(body, host).await,
+        Operation::ListDatastores => control.list_datastores(body, host).await,
+        Operation::DeleteDatastore => control.delete_datastore(body, host).await,
+        Operation::TagResource => control.tag_resource(body).await,
+        Operation::UntagResource => control.untag_resource(body).await,
+        Operation::ListTagsForResource => control.list_tags(body).await,
+        Operation::StartImportJob => control.start_import(body).await,
+        Operation::DescribeImportJob => control.describe_import(body).await,
+        Operation::ListImportJobs => control.list_imports(body).await,
+        Operation::StartExportJob => control.start_export(body).await,
+        Operation::DescribeExportJob => control.describe_export(body).await,
+        Operation::ListExportJobs => control.list_exports(body).await,
+        Operation::CancelExportJob => control.cancel_export(body).await,
     }
 }
 
@@ -114,6 +112,10 @@ async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: B
             }),
         );
     };
+    let operation = match operation.parse::<Operation>() {
+        Ok(op) => op,
+        Err(e) => return error_reply(&e),
+    };
     let parsed: Value = if body.is_empty() {
         json!({})
     } else {
@@ -131,7 +133,7 @@ async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: B
         Ok(out) => reply(StatusCode::OK, &out),
         Err(e) => {
             if matches!(e, ControlError::Internal(_)) {
-                tracing::error!(operation, "control plane: {e}");
+                tracing::error!(%operation, "control plane: {e}");
             }
             error_reply(&e)
         }
