@@ -18,8 +18,10 @@ use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Params, Reply, ReturnPreference, etag};
 use super::interactions::{self as ix, ReadConditions};
+use fhirlake_store::AppliedWrite;
 use fhirlake_store::ConditionalWrite;
 use fhirlake_store::NewResource;
+use fhirlake_store::reads::StoredVersion;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -375,18 +377,55 @@ enum Planned {
     Read,
 }
 
+/// What the entries of a transaction will be known as, settled before any body is validated
+/// so that `urn:` references can be rewritten into the bodies first.
+#[derive(Default)]
+struct Identities {
+    /// `urn:uuid:`/`urn:oid:` fullUrl to the `Type/id` it stands for.
+    urn_map: HashMap<String, String>,
+    /// The id of each POST entry: a new server id, or the resource its `If-None-Exist` found.
+    post_ids: HashMap<usize, String>,
+    /// The reply of each POST entry whose `If-None-Exist` found a resource: it writes nothing.
+    existing: HashMap<usize, Reply>,
+}
+
+/// The writes of a transaction for the store, and what each entry (by index) becomes.
+struct Plan {
+    writes: Vec<ConditionalWrite>,
+    planned: HashMap<usize, Planned>,
+}
+
 async fn transaction(
     ctx: &Ctx,
     entries: &[EntryIn<'_>],
     prefer: ReturnPreference,
 ) -> Result<Reply, ApiError> {
-    let requests: Vec<Request> = entries
+    let requests = parse_requests(ctx, entries)?;
+    check_touched_once(&requests)?;
+    let identities = assign_identities(ctx, entries, &requests, prefer).await?;
+
+    // Validate and plan the writes in processing order.
+    let mut order: Vec<usize> = (0..requests.len()).collect();
+    order.sort_by_key(|&i| requests[i].order());
+    let Plan { writes, planned } = plan_writes(&requests, &order, identities)?;
+
+    let applied = commit(ctx, writes).await?;
+    let results = answer_entries(ctx, &requests, &order, planned, &applied, prefer).await;
+    transaction_response(&ctx.base, results)
+}
+
+/// Every entry's request, checked before anything is read or written: one bad entry fails
+/// the whole transaction.
+fn parse_requests<'a>(ctx: &Ctx, entries: &[EntryIn<'a>]) -> Result<Vec<Request<'a>>, ApiError> {
+    entries
         .iter()
         .enumerate()
         .map(|(i, e)| parse_request(ctx, e).map_err(|err| at_entry(i, err)))
-        .collect::<Result<_, _>>()?;
+        .collect()
+}
 
-    // Each resource may be touched once: otherwise the outcome would depend on ordering.
+/// Each resource may be touched once: otherwise the outcome would depend on ordering.
+fn check_touched_once(requests: &[Request]) -> Result<(), ApiError> {
     let mut touched = HashSet::new();
     for (i, r) in requests.iter().enumerate() {
         if let Request::Put {
@@ -405,11 +444,17 @@ async fn transaction(
             ));
         }
     }
+    Ok(())
+}
 
-    // Ids and fullUrl mappings first, so references can be rewritten before validation.
-    let mut urn_map: HashMap<String, String> = HashMap::new();
-    let mut post_ids: HashMap<usize, String> = HashMap::new();
-    let mut existing: HashMap<usize, Reply> = HashMap::new();
+/// Ids and fullUrl mappings first, so references can be rewritten before validation.
+async fn assign_identities(
+    ctx: &Ctx,
+    entries: &[EntryIn<'_>],
+    requests: &[Request<'_>],
+    prefer: ReturnPreference,
+) -> Result<Identities, ApiError> {
+    let mut ids = Identities::default();
     for (i, r) in requests.iter().enumerate() {
         let reference = match r {
             Request::Post {
@@ -417,46 +462,14 @@ async fn transaction(
                 if_none_exist,
                 ..
             } => {
-                let mut id = None;
-                if let Some(query) = if_none_exist {
-                    let mut matches = ix::if_none_exist_matches(ctx, resource_type, query)
+                let (id, existing) =
+                    post_identity(ctx, resource_type, if_none_exist.as_deref(), prefer)
                         .await
                         .map_err(|e| at_entry(i, e))?;
-                    match matches.len() {
-                        0 => {}
-                        1 => {
-                            let v = matches.remove(0);
-                            id = Some(v.id.clone());
-                            let location =
-                                format!("{resource_type}/{}/_history/{}", v.id, v.version);
-                            existing.insert(
-                                i,
-                                Reply {
-                                    status: StatusCode::OK,
-                                    body: match prefer {
-                                        ReturnPreference::Representation => {
-                                            v.json.map(Body::Json).unwrap_or_default()
-                                        }
-                                        _ => Body::None,
-                                    },
-                                    location: Some(location),
-                                    version: Some(v.version),
-                                    last_updated: Some(v.last_updated),
-                                },
-                            );
-                        }
-                        n => {
-                            return Err(at_entry(
-                                i,
-                                ApiError::precondition_failed(format!(
-                                    "ifNoneExist matched {n} resources: the criteria must select at most one"
-                                )),
-                            ));
-                        }
-                    }
+                if let Some(reply) = existing {
+                    ids.existing.insert(i, reply);
                 }
-                let id = id.unwrap_or_else(new_id);
-                post_ids.insert(i, id.clone());
+                ids.post_ids.insert(i, id.clone());
                 Some(format!("{resource_type}/{id}"))
             }
             Request::Put {
@@ -466,7 +479,7 @@ async fn transaction(
         };
         if let (Some(reference), Some(full_url)) = (reference, entries[i].full_url.as_deref())
             && (full_url.starts_with("urn:uuid:") || full_url.starts_with("urn:oid:"))
-            && urn_map.insert(full_url.to_string(), reference).is_some()
+            && ids.urn_map.insert(full_url.into(), reference).is_some()
         {
             return Err(at_entry(
                 i,
@@ -476,71 +489,136 @@ async fn transaction(
             ));
         }
     }
+    Ok(ids)
+}
 
-    // Validate and plan the writes in processing order.
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| requests[i].order());
-    let mut writes: Vec<ConditionalWrite> = Vec::new();
-    let mut plan: HashMap<usize, Planned> = HashMap::new();
-    for &i in &order {
-        let rewritten = |body: &str| json_with_urns(body, &urn_map);
+/// The id a POST entry will have. When its `If-None-Exist` finds the resource, the entry
+/// takes that resource's id (so references to its fullUrl point at it) and writes nothing:
+/// the reply for the existing version comes with the id.
+async fn post_identity(
+    ctx: &Ctx,
+    resource_type: &'static str,
+    if_none_exist: Option<&str>,
+    prefer: ReturnPreference,
+) -> Result<(String, Option<Reply>), ApiError> {
+    let Some(query) = if_none_exist else {
+        return Ok((new_id(), None));
+    };
+    let mut matches = ix::if_none_exist_matches(ctx, resource_type, query).await?;
+    match matches.len() {
+        0 => Ok((new_id(), None)),
+        1 => {
+            let v = matches.remove(0);
+            let id = v.id.clone();
+            Ok((id, Some(existing_reply(resource_type, v, prefer))))
+        }
+        n => Err(ApiError::precondition_failed(format!(
+            "ifNoneExist matched {n} resources: the criteria must select at most one"
+        ))),
+    }
+}
+
+/// The reply for a POST whose `If-None-Exist` found the resource, as a conditional create
+/// sent alone would answer: 200 with the existing version.
+fn existing_reply(resource_type: &str, v: StoredVersion, prefer: ReturnPreference) -> Reply {
+    let location = format!("{resource_type}/{}/_history/{}", v.id, v.version);
+    Reply {
+        status: StatusCode::OK,
+        body: match prefer {
+            ReturnPreference::Representation => v.json.map(Body::Json).unwrap_or_default(),
+            _ => Body::None,
+        },
+        location: Some(location),
+        version: Some(v.version),
+        last_updated: Some(v.last_updated),
+    }
+}
+
+/// Validates every write in processing order, so the error reported is the first one FHIR's
+/// order meets, and collects the writes for one store transaction.
+fn plan_writes(
+    requests: &[Request],
+    order: &[usize],
+    mut ids: Identities,
+) -> Result<Plan, ApiError> {
+    let mut plan = Plan {
+        writes: Vec::new(),
+        planned: HashMap::new(),
+    };
+    for &i in order {
         let planned = match &requests[i] {
             Request::Get { .. } => Planned::Read,
-            Request::Post { .. } if existing.contains_key(&i) => {
-                Planned::Existing(existing.remove(&i).expect("checked"))
+            Request::Post { .. } if ids.existing.contains_key(&i) => {
+                Planned::Existing(ids.existing.remove(&i).expect("checked"))
             }
-            Request::Post {
-                resource_type,
-                body,
-                ..
-            } => {
-                let body = rewritten(body);
-                let resource = ix::prepare_create(resource_type, body.as_bytes(), &post_ids[&i])
-                    .map_err(|e| at_entry(i, e))?;
-                writes.push(ConditionalWrite {
-                    resource,
-                    expected_version: Some(0),
-                });
-                Planned::Write(writes.len() - 1)
-            }
-            Request::Put {
-                resource_type,
-                id,
-                body,
-                if_match,
-            } => {
-                let body = rewritten(body);
-                let resource = ix::prepare_update(resource_type, id, body.as_bytes())
-                    .map_err(|e| at_entry(i, e))?;
-                writes.push(ConditionalWrite {
-                    resource,
-                    expected_version: *if_match,
-                });
-                Planned::Write(writes.len() - 1)
-            }
-            Request::Delete {
-                resource_type,
-                id,
-                if_match,
-            } => {
-                crate::ingest::validate::check_id(id)
-                    .map_err(|oo| at_entry(i, ApiError::validation(oo)))?;
-                writes.push(ConditionalWrite {
-                    resource: NewResource {
-                        resource_type: resource_type.to_string(),
-                        id: id.clone(),
-                        json: None,
-                    },
-                    expected_version: *if_match,
-                });
-                Planned::Write(writes.len() - 1)
+            request => {
+                let write = prepare_write(i, request, &ids).map_err(|e| at_entry(i, e))?;
+                plan.writes.push(write);
+                Planned::Write(plan.writes.len() - 1)
             }
         };
-        plan.insert(i, planned);
+        plan.planned.insert(i, planned);
     }
+    Ok(plan)
+}
 
-    let applied = ctx
-        .store()
+/// The store write for entry `i`, validated as the same request sent alone would be, with
+/// its `urn:` references already replaced by the ids they stand for.
+fn prepare_write(
+    i: usize,
+    request: &Request,
+    ids: &Identities,
+) -> Result<ConditionalWrite, ApiError> {
+    let rewritten = |body: &str| json_with_urns(body, &ids.urn_map);
+    match request {
+        Request::Post {
+            resource_type,
+            body,
+            ..
+        } => {
+            let body = rewritten(body);
+            let resource = ix::prepare_create(resource_type, body.as_bytes(), &ids.post_ids[&i])?;
+            Ok(ConditionalWrite {
+                resource,
+                expected_version: Some(0),
+            })
+        }
+        Request::Put {
+            resource_type,
+            id,
+            body,
+            if_match,
+        } => {
+            let body = rewritten(body);
+            let resource = ix::prepare_update(resource_type, id, body.as_bytes())?;
+            Ok(ConditionalWrite {
+                resource,
+                expected_version: *if_match,
+            })
+        }
+        Request::Delete {
+            resource_type,
+            id,
+            if_match,
+        } => {
+            crate::ingest::validate::check_id(id).map_err(ApiError::validation)?;
+            Ok(ConditionalWrite {
+                resource: NewResource {
+                    resource_type: resource_type.to_string(),
+                    id: id.clone(),
+                    json: None,
+                },
+                expected_version: *if_match,
+            })
+        }
+        Request::Get { .. } => Err(ApiError::internal("a read entry was planned as a write")),
+    }
+}
+
+/// Applies all writes in one store transaction, with their `ifMatch` versions checked inside
+/// it: a failure leaves nothing written, and the message says so.
+async fn commit(ctx: &Ctx, writes: Vec<ConditionalWrite>) -> Result<Vec<AppliedWrite>, ApiError> {
+    ctx.store()
         .put_checked(&ctx.ds.id, writes)
         .await
         .map_err(|e| {
@@ -550,12 +628,23 @@ async fn transaction(
                 e.outcome.issue[0].diagnostics
             );
             e
-        })?;
+        })
+}
 
+/// Each entry's result, in entry order. GET entries run only now, in processing order, so
+/// they see what the transaction wrote.
+async fn answer_entries(
+    ctx: &Ctx,
+    requests: &[Request<'_>],
+    order: &[usize],
+    mut planned: HashMap<usize, Planned>,
+    applied: &[AppliedWrite],
+    prefer: ReturnPreference,
+) -> Vec<Result<Reply, ApiError>> {
     let mut results: Vec<Option<Result<Reply, ApiError>>> =
         (0..requests.len()).map(|_| None).collect();
-    for &i in &order {
-        let result = match plan.remove(&i).expect("every entry is planned") {
+    for &i in order {
+        let result = match planned.remove(&i).expect("every entry is planned") {
             Planned::Write(w) => Ok(ix::write_reply(&applied[w], prefer)),
             Planned::Existing(reply) => Ok(reply),
             Planned::Read => match &requests[i] {
@@ -569,11 +658,18 @@ async fn transaction(
         };
         results[i] = Some(result.map_err(|e| at_entry(i, e)));
     }
+    results.into_iter().flatten().collect()
+}
 
+/// The `transaction-response` Bundle: one entry per request entry, in the same order.
+fn transaction_response(
+    base: &str,
+    results: Vec<Result<Reply, ApiError>>,
+) -> Result<Reply, ApiError> {
     let mut out = BundleOut::new("transaction-response");
     out.timestamp = Some(now());
-    for result in results.into_iter().flatten() {
-        out.entry.push(response_entry(&ctx.base, result)?);
+    for result in results {
+        out.entry.push(response_entry(base, result)?);
     }
     Ok(Reply::new(StatusCode::OK, Body::Json(out.to_json()?)))
 }
