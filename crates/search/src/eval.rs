@@ -302,138 +302,25 @@ fn child<'a>(array: &'a ArrayRef, name: &str) -> Option<&'a ArrayRef> {
 }
 
 /// Evaluates `test` on each value of a leaf array of FHIR type `fhir`.
+///
+/// Each kind of test has its own function, which knows the FHIR types the test can meet:
+/// complex types are matched through their children (recursing into `leaf` with the child's
+/// type), primitives directly.
 fn leaf(array: &ArrayRef, fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
-    let n = array.len();
-    let none = || Ok(vec![false; n]);
-    let any_of = |fields: &[&str], test: &Test, fhir_of: &str| -> DFResult<Vec<bool>> {
-        let mut out = vec![false; n];
-        for f in fields {
-            if let Some(c) = child(array, f) {
-                let hit = walk(c, &[], &|a| leaf(a, fhir_of, test))?;
-                or_into(&mut out, &hit);
-            }
-        }
-        Ok(out)
-    };
     match test {
-        Test::Exists => Ok(vec![true; n]),
-        Test::String { values, mode } => match fhir {
-            "HumanName" => any_of(
-                &["text", "family", "given", "prefix", "suffix"],
-                test,
-                "string",
-            ),
-            "Address" => any_of(
-                &[
-                    "text",
-                    "line",
-                    "city",
-                    "district",
-                    "state",
-                    "postalCode",
-                    "country",
-                ],
-                test,
-                "string",
-            ),
-            _ => strings(array, |s| string_matches(s, values, *mode)),
-        },
-        Test::Token(tokens) => match fhir {
-            "CodeableConcept" => any_of(&["coding"], test, "Coding"),
-            "Coding" => system_code(array, "system", "code", tokens),
-            "Identifier" => system_code(array, "system", "value", tokens),
-            "ContactPoint" => system_code(array, "system", "value", tokens),
-            "boolean" => {
-                let b = array.as_boolean_opt();
-                Ok((0..n)
-                    .map(|i| {
-                        b.is_some_and(|b| b.is_valid(i)) && {
-                            let v = if b.unwrap().value(i) { "true" } else { "false" };
-                            tokens.iter().any(|t| t.code.as_deref() == Some(v))
-                        }
-                    })
-                    .collect())
-            }
-            _ => strings(array, |s| {
-                tokens.iter().any(|t| match &t.code {
-                    Some(code) => code == s,
-                    None => false,
-                })
-            }),
-        },
-        Test::TokenText(values) => match fhir {
-            "CodeableConcept" => {
-                let mut out = any_of(&["text"], test, "string")?;
-                or_into(&mut out, &any_of(&["coding"], test, "Coding")?);
-                Ok(out)
-            }
-            "Coding" => any_of(&["display"], test, "string"),
-            "Identifier" => match child(array, "type") {
-                Some(t) => walk(t, &[], &|a| leaf(a, "CodeableConcept", test)),
-                None => none(),
-            },
-            _ => strings(array, |s| string_matches(s, values, StringMode::Prefix)),
-        },
-        Test::OfType(values) => {
-            if fhir != "Identifier" {
-                return none();
-            }
-            let mut out = vec![false; n];
-            for v in values {
-                let token = vec![Token {
-                    system: Some(v.system.clone()),
-                    code: Some(v.code.clone()),
-                }];
-                let typed = match child(array, "type") {
-                    Some(t) => walk(t, &[], &|a| {
-                        leaf(a, "CodeableConcept", &Test::Token(token.clone()))
-                    })?,
-                    None => vec![false; n],
-                };
-                let valued = match child(array, "value") {
-                    Some(c) => strings(c, |s| s == v.value)?,
-                    None => vec![false; n],
-                };
-                for i in 0..n {
-                    out[i] |= typed[i] && valued[i];
-                }
-            }
-            Ok(out)
-        }
-        Test::Reference(keys) => {
-            let matcher = ReferenceMatcher::new(keys);
-            match fhir {
-                "Reference" => match child(array, "reference") {
-                    Some(r) => strings(r, |s| matcher.matches(s)),
-                    None => none(),
-                },
-                _ => strings(array, |s| matcher.matches(s)),
-            }
-        }
+        Test::Exists => Ok(vec![true; array.len()]),
+        Test::String { values, mode } => string_leaf(array, fhir, test, values, *mode),
+        Test::Token(tokens) => token_leaf(array, fhir, test, tokens),
+        Test::TokenText(values) => token_text_leaf(array, fhir, test, values),
+        Test::OfType(values) => of_type_leaf(array, fhir, values),
+        Test::Reference(keys) => reference_leaf(array, fhir, keys),
         Test::ReferenceIdentifier(tokens) => match child(array, "identifier") {
             Some(id) => walk(id, &[], &|a| {
                 leaf(a, "Identifier", &Test::Token(tokens.clone()))
             }),
-            None => none(),
+            None => no_match(array),
         },
-        Test::Date(values) => {
-            let ranges = date_ranges(array, fhir)?;
-            Ok(ranges
-                .iter()
-                .map(|r| {
-                    r.iter().any(|&(t_lo, t_hi)| {
-                        values.iter().any(|&(p, lo, hi)| {
-                            let (lo, hi) = if p == Prefix::Ap {
-                                value::approximate(lo, hi)
-                            } else {
-                                (lo, hi)
-                            };
-                            p.matches(lo, hi, t_lo, t_hi)
-                        })
-                    })
-                })
-                .collect())
-        }
+        Test::Date(values) => date_leaf(array, fhir, values),
         Test::Number(values) => {
             let numbers = numbers(array)?;
             Ok(numbers
@@ -441,52 +328,8 @@ fn leaf(array: &ArrayRef, fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
                 .map(|v| v.is_some_and(|v| number_matches(v, values)))
                 .collect())
         }
-        Test::Quantity(values) => {
-            if fhir == "Range" {
-                let (Some(low), Some(high)) = (child(array, "low"), child(array, "high")) else {
-                    return none();
-                };
-                let lo = numbers(child(low, "value").unwrap_or(low))?;
-                let hi = numbers(child(high, "value").unwrap_or(high))?;
-                return Ok((0..n)
-                    .map(|i| {
-                        let t_lo = lo[i].unwrap_or(f64::NEG_INFINITY);
-                        let t_hi = hi[i].unwrap_or(f64::INFINITY);
-                        (lo[i].is_some() || hi[i].is_some())
-                            && values
-                                .iter()
-                                .any(|q| q.prefix.matches(q.lo, q.hi, t_lo, t_hi))
-                    })
-                    .collect());
-            }
-            let Some(v) = child(array, "value") else {
-                return none();
-            };
-            let nums = numbers(v)?;
-            let systems = child(array, "system").map(utf8).transpose()?;
-            let codes = child(array, "code").map(utf8).transpose()?;
-            let units = child(array, "unit").map(utf8).transpose()?;
-            let text = |a: &Option<StringArray>, i: usize| {
-                a.as_ref()
-                    .filter(|a| a.is_valid(i))
-                    .map(|a| a.value(i).to_string())
-            };
-            Ok((0..n)
-                .map(|i| {
-                    let Some(x) = nums[i] else { return false };
-                    values.iter().any(|q| {
-                        number_matches(x, &[(q.prefix, q.lo, q.hi)])
-                            && q.system
-                                .as_ref()
-                                .is_none_or(|s| text(&systems, i).as_deref() == Some(s))
-                            && q.code.as_ref().is_none_or(|c| {
-                                text(&codes, i).as_deref() == Some(c)
-                                    || (q.system.is_none() && text(&units, i).as_deref() == Some(c))
-                            })
-                    })
-                })
-                .collect())
-        }
+        Test::Quantity(values) if fhir == "Range" => range_leaf(array, values),
+        Test::Quantity(values) => quantity_leaf(array, values),
         Test::Uri { values, mode } => strings(array, |s| {
             values.iter().any(|v| match mode {
                 UriMode::Exact => s == v,
@@ -495,6 +338,231 @@ fn leaf(array: &ArrayRef, fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
             })
         }),
     }
+}
+
+/// No value of `array` matches: the answer for a type a test cannot apply to.
+fn no_match(array: &ArrayRef) -> DFResult<Vec<bool>> {
+    Ok(vec![false; array.len()])
+}
+
+/// Whether `test` holds on any of the struct children `fields` (of FHIR type `fhir`) of each
+/// value of `array`: a complex type matches when one of its parts does.
+fn any_child(array: &ArrayRef, fields: &[&str], fhir: &str, test: &Test) -> DFResult<Vec<bool>> {
+    let mut out = vec![false; array.len()];
+    for f in fields {
+        if let Some(c) = child(array, f) {
+            let hit = walk(c, &[], &|a| leaf(a, fhir, test))?;
+            or_into(&mut out, &hit);
+        }
+    }
+    Ok(out)
+}
+
+/// A string test: on names and addresses any of their text parts, else the value itself.
+fn string_leaf(
+    array: &ArrayRef,
+    fhir: &str,
+    test: &Test,
+    values: &[String],
+    mode: StringMode,
+) -> DFResult<Vec<bool>> {
+    match fhir {
+        "HumanName" => any_child(
+            array,
+            &["text", "family", "given", "prefix", "suffix"],
+            "string",
+            test,
+        ),
+        "Address" => any_child(
+            array,
+            &[
+                "text",
+                "line",
+                "city",
+                "district",
+                "state",
+                "postalCode",
+                "country",
+            ],
+            "string",
+            test,
+        ),
+        _ => strings(array, |s| string_matches(s, values, mode)),
+    }
+}
+
+/// A token test: on the codings of a concept, the system and code (or value) of a coding,
+/// identifier or contact point, `true`/`false` of a boolean, else the code alone.
+fn token_leaf(array: &ArrayRef, fhir: &str, test: &Test, tokens: &[Token]) -> DFResult<Vec<bool>> {
+    match fhir {
+        "CodeableConcept" => any_child(array, &["coding"], "Coding", test),
+        "Coding" => system_code(array, "system", "code", tokens),
+        "Identifier" => system_code(array, "system", "value", tokens),
+        "ContactPoint" => system_code(array, "system", "value", tokens),
+        "boolean" => {
+            let b = array.as_boolean_opt();
+            Ok((0..array.len())
+                .map(|i| {
+                    b.is_some_and(|b| b.is_valid(i)) && {
+                        let v = if b.unwrap().value(i) { "true" } else { "false" };
+                        tokens.iter().any(|t| t.code.as_deref() == Some(v))
+                    }
+                })
+                .collect())
+        }
+        _ => strings(array, |s| {
+            tokens.iter().any(|t| match &t.code {
+                Some(code) => code == s,
+                None => false,
+            })
+        }),
+    }
+}
+
+/// A `:text` token test: the text of a concept or the display of its codings, the display of
+/// a coding, the type of an identifier, else a folded prefix of the value.
+fn token_text_leaf(
+    array: &ArrayRef,
+    fhir: &str,
+    test: &Test,
+    values: &[String],
+) -> DFResult<Vec<bool>> {
+    match fhir {
+        "CodeableConcept" => {
+            let mut out = any_child(array, &["text"], "string", test)?;
+            or_into(&mut out, &any_child(array, &["coding"], "Coding", test)?);
+            Ok(out)
+        }
+        "Coding" => any_child(array, &["display"], "string", test),
+        "Identifier" => match child(array, "type") {
+            Some(t) => walk(t, &[], &|a| leaf(a, "CodeableConcept", test)),
+            None => no_match(array),
+        },
+        _ => strings(array, |s| string_matches(s, values, StringMode::Prefix)),
+    }
+}
+
+/// An `:of-type` test: only identifiers, whose type has the coding and whose value is equal,
+/// both in the same identifier.
+fn of_type_leaf(array: &ArrayRef, fhir: &str, values: &[OfType]) -> DFResult<Vec<bool>> {
+    let n = array.len();
+    if fhir != "Identifier" {
+        return no_match(array);
+    }
+    let mut out = vec![false; n];
+    for v in values {
+        let token = vec![Token {
+            system: Some(v.system.clone()),
+            code: Some(v.code.clone()),
+        }];
+        let typed = match child(array, "type") {
+            Some(t) => walk(t, &[], &|a| {
+                leaf(a, "CodeableConcept", &Test::Token(token.clone()))
+            })?,
+            None => vec![false; n],
+        };
+        let valued = match child(array, "value") {
+            Some(c) => strings(c, |s| s == v.value)?,
+            None => vec![false; n],
+        };
+        for i in 0..n {
+            out[i] |= typed[i] && valued[i];
+        }
+    }
+    Ok(out)
+}
+
+/// A reference test: the `reference` element of a Reference, else the value itself.
+fn reference_leaf(
+    array: &ArrayRef,
+    fhir: &str,
+    keys: &[(Option<String>, String)],
+) -> DFResult<Vec<bool>> {
+    let matcher = ReferenceMatcher::new(keys);
+    match fhir {
+        "Reference" => match child(array, "reference") {
+            Some(r) => strings(r, |s| matcher.matches(s)),
+            None => no_match(array),
+        },
+        _ => strings(array, |s| matcher.matches(s)),
+    }
+}
+
+/// A date test: any range the value denotes (see [`date_ranges`]) against any search range,
+/// `ap` widened to its approximation first.
+fn date_leaf(
+    array: &ArrayRef,
+    fhir: &str,
+    values: &[(Prefix, Micros, Micros)],
+) -> DFResult<Vec<bool>> {
+    let ranges = date_ranges(array, fhir)?;
+    Ok(ranges
+        .iter()
+        .map(|r| {
+            r.iter().any(|&(t_lo, t_hi)| {
+                values.iter().any(|&(p, lo, hi)| {
+                    let (lo, hi) = if p == Prefix::Ap {
+                        value::approximate(lo, hi)
+                    } else {
+                        (lo, hi)
+                    };
+                    p.matches(lo, hi, t_lo, t_hi)
+                })
+            })
+        })
+        .collect())
+}
+
+/// A quantity test on a Range: the range from its low to its high value (open at a missing
+/// end) against each search range; units are not compared.
+fn range_leaf(array: &ArrayRef, values: &[QuantityValue]) -> DFResult<Vec<bool>> {
+    let (Some(low), Some(high)) = (child(array, "low"), child(array, "high")) else {
+        return no_match(array);
+    };
+    let lo = numbers(child(low, "value").unwrap_or(low))?;
+    let hi = numbers(child(high, "value").unwrap_or(high))?;
+    Ok((0..array.len())
+        .map(|i| {
+            let t_lo = lo[i].unwrap_or(f64::NEG_INFINITY);
+            let t_hi = hi[i].unwrap_or(f64::INFINITY);
+            (lo[i].is_some() || hi[i].is_some())
+                && values
+                    .iter()
+                    .any(|q| q.prefix.matches(q.lo, q.hi, t_lo, t_hi))
+        })
+        .collect())
+}
+
+/// A quantity test on a Quantity: the value against the search number, and the system and
+/// code when given (a code without a system also matches the human-readable unit).
+fn quantity_leaf(array: &ArrayRef, values: &[QuantityValue]) -> DFResult<Vec<bool>> {
+    let Some(v) = child(array, "value") else {
+        return no_match(array);
+    };
+    let nums = numbers(v)?;
+    let systems = child(array, "system").map(utf8).transpose()?;
+    let codes = child(array, "code").map(utf8).transpose()?;
+    let units = child(array, "unit").map(utf8).transpose()?;
+    let text = |a: &Option<StringArray>, i: usize| {
+        a.as_ref()
+            .filter(|a| a.is_valid(i))
+            .map(|a| a.value(i).to_string())
+    };
+    Ok((0..array.len())
+        .map(|i| {
+            let Some(x) = nums[i] else { return false };
+            values.iter().any(|q| {
+                number_matches(x, &[(q.prefix, q.lo, q.hi)])
+                    && q.system
+                        .as_ref()
+                        .is_none_or(|s| text(&systems, i).as_deref() == Some(s))
+                    && q.code.as_ref().is_none_or(|c| {
+                        text(&codes, i).as_deref() == Some(c)
+                            || (q.system.is_none() && text(&units, i).as_deref() == Some(c))
+                    })
+            })
+        })
+        .collect())
 }
 
 fn strings(array: &ArrayRef, pred: impl Fn(&str) -> bool) -> DFResult<Vec<bool>> {

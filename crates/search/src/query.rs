@@ -8,6 +8,7 @@ use super::catalog::{Catalog, ParamType, SearchParam};
 use super::eval::{Criterion, OfType, QuantityValue, StringMode, Test, Token, UriMode};
 use super::value::{self, Prefix};
 use fhirlake_schema::Registry;
+use std::fmt;
 
 /// Page size when `_count` is absent, and its maximum (the reference guide's limits).
 pub const DEFAULT_COUNT: usize = 100;
@@ -331,9 +332,12 @@ pub fn parse_filter(
             )));
         }
         let target = match modifier {
-            Some(m) => resource_type_named(m).ok_or_else(|| {
-                SearchError::invalid(format!("unknown resource type '{m}' in '{name}'"))
-            })?,
+            Some(Modifier::Type { resource_type, .. }) => resource_type,
+            Some(m) => {
+                return Err(SearchError::invalid(format!(
+                    "unknown resource type '{m}' in '{name}'"
+                )));
+            }
             None => match param.targets.as_slice() {
                 [only] => resource_type_named(only)
                     .ok_or_else(|| SearchError::invalid(format!("unknown target type '{only}'")))?,
@@ -399,9 +403,101 @@ fn parse_has(resource_type: &'static str, rest: &str, raw: &str) -> Result<Filte
     })
 }
 
-fn split_modifier(name: &str) -> (&str, Option<&str>) {
+/// A search modifier: the `:modifier` suffix of a parameter name (FHIR R4 search).
+///
+/// The suffix is parsed once, when the name is split; each parameter type then accepts the
+/// modifiers it supports. Modifiers keep the text they were written with so that errors quote
+/// the request as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modifier<'a> {
+    /// `:missing=true|false`, on every parameter type but composite.
+    Missing,
+    /// `:exact` on strings: equal, case- and accent-sensitive.
+    Exact,
+    /// `:contains` on strings: anywhere in the value.
+    Contains,
+    /// `:text`: on strings, like `:contains`; on tokens, the display text.
+    Text,
+    /// `:not` on tokens: the negation of the plain search.
+    Not,
+    /// `:above`: on URIs, a prefix of the search value; on tokens (subsumption), unsupported.
+    Above,
+    /// `:below`: on URIs, starts with the search value; on tokens (subsumption), unsupported.
+    Below,
+    /// `:in` on tokens (value set membership): unsupported.
+    In,
+    /// `:not-in` on tokens (value set exclusion): unsupported.
+    NotIn,
+    /// `:of-type` on identifiers: `system|code|value` of the identifier's type and value.
+    OfType,
+    /// `:identifier` on references: the reference's logical identifier.
+    Identifier,
+    /// `:[type]` on references (and chains): the target's resource type, matched
+    /// case-insensitively; `resource_type` is its canonical name, `written` the request's text.
+    Type {
+        resource_type: &'static str,
+        written: &'a str,
+    },
+    /// Any other suffix: rejected by every parameter type, quoting it.
+    Unknown(&'a str),
+}
+
+impl<'a> Modifier<'a> {
+    /// The modifier a suffix names. Keywords are matched exactly; anything else is a resource
+    /// type when one has that name, else [`Modifier::Unknown`].
+    pub fn parse(suffix: &'a str) -> Self {
+        match suffix {
+            "missing" => Modifier::Missing,
+            "exact" => Modifier::Exact,
+            "contains" => Modifier::Contains,
+            "text" => Modifier::Text,
+            "not" => Modifier::Not,
+            "above" => Modifier::Above,
+            "below" => Modifier::Below,
+            "in" => Modifier::In,
+            "not-in" => Modifier::NotIn,
+            "of-type" => Modifier::OfType,
+            "identifier" => Modifier::Identifier,
+            _ => match resource_type_named(suffix) {
+                Some(resource_type) => Modifier::Type {
+                    resource_type,
+                    written: suffix,
+                },
+                None => Modifier::Unknown(suffix),
+            },
+        }
+    }
+
+    /// The suffix as written in the request (without the `:`).
+    pub fn as_str(self) -> &'a str {
+        match self {
+            Modifier::Missing => "missing",
+            Modifier::Exact => "exact",
+            Modifier::Contains => "contains",
+            Modifier::Text => "text",
+            Modifier::Not => "not",
+            Modifier::Above => "above",
+            Modifier::Below => "below",
+            Modifier::In => "in",
+            Modifier::NotIn => "not-in",
+            Modifier::OfType => "of-type",
+            Modifier::Identifier => "identifier",
+            Modifier::Type { written, .. } => written,
+            Modifier::Unknown(written) => written,
+        }
+    }
+}
+
+impl fmt::Display for Modifier<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Splits `code[:modifier]` at the first `:`; the rest (even with more `:`s) is the modifier.
+fn split_modifier(name: &str) -> (&str, Option<Modifier<'_>>) {
     match name.split_once(':') {
-        Some((c, m)) => (c, Some(m)),
+        Some((c, m)) => (c, Some(Modifier::parse(m))),
         None => (name, None),
     }
 }
@@ -411,170 +507,244 @@ fn values(raw: &str) -> Vec<String> {
 }
 
 /// Builds the criterion of one parameter occurrence.
+///
+/// `:missing` is checked first, since it applies to every type and takes no search value;
+/// the other modifiers are checked by the builder of the parameter's type.
 pub fn criterion(
     param: &SearchParam,
-    modifier: Option<&str>,
+    modifier: Option<Modifier<'_>>,
     raw: &str,
 ) -> Result<Criterion, SearchError> {
     let code = &param.code;
-    if modifier == Some("missing") {
-        let missing = match raw {
-            "true" => true,
-            "false" => false,
-            _ => {
-                return Err(SearchError::invalid(format!(
-                    "{code}:missing takes true or false, got '{raw}'"
-                )));
-            }
-        };
-        if param.param_type == ParamType::Composite {
-            return Err(SearchError::invalid(format!(
-                ":missing is not allowed on composite parameter '{code}'"
-            )));
-        }
-        return Ok(Criterion::Paths {
-            paths: param.paths.clone(),
-            test: Test::Exists,
-            negate: missing,
-        });
+    if modifier == Some(Modifier::Missing) {
+        return missing(param, raw);
     }
-    let bad_modifier = |m: &str| {
-        SearchError::invalid(format!(
-            "modifier ':{m}' is not valid for {} parameter '{code}'",
-            param.param_type.as_str()
-        ))
-    };
     if raw.is_empty() {
         return Err(SearchError::invalid(format!(
             "search parameter '{code}' has an empty value"
         )));
     }
-    let mut negate = false;
     let test = match param.param_type {
         ParamType::Composite => return composite(param, modifier, raw),
         ParamType::Special => return Err(unknown("", code)),
-        ParamType::String => {
-            let mode = match modifier {
-                // Full-text parameters match anywhere in the narrative or resource.
-                None if code == "_text" || code == "_content" => StringMode::Contains,
-                None => StringMode::Prefix,
-                Some("exact") => StringMode::Exact,
-                Some("contains") | Some("text") => StringMode::Contains,
-                Some(m) => return Err(bad_modifier(m)),
-            };
-            let values = values(raw)
-                .into_iter()
-                .map(|v| {
-                    if mode == StringMode::Exact {
-                        v
-                    } else {
-                        value::fold(&v)
-                    }
-                })
-                .collect();
-            Test::String { values, mode }
-        }
-        ParamType::Token => match modifier {
-            None | Some("not") => {
-                negate = modifier.is_some();
-                Test::Token(values(raw).iter().map(|v| token(v)).collect())
-            }
-            Some("text") => Test::TokenText(values(raw).iter().map(|v| value::fold(v)).collect()),
-            Some("of-type") => Test::OfType(
-                values(raw)
-                    .iter()
-                    .map(|v| {
-                        let parts = value::split_escaped(v, '|');
-                        match parts.as_slice() {
-                            [s, c, val] => Ok(OfType {
-                                system: s.clone(),
-                                code: c.clone(),
-                                value: val.clone(),
-                            }),
-                            _ => Err(SearchError::invalid(format!(
-                                "{code}:of-type takes system|code|value, got '{v}'"
-                            ))),
-                        }
-                    })
-                    .collect::<Result<_, _>>()?,
-            ),
-            Some(m @ ("in" | "not-in" | "above" | "below")) => {
-                return Err(SearchError::not_supported(format!(
-                    "modifier ':{m}' on token parameter '{code}' needs terminology services, which are not supported"
-                )));
-            }
-            Some(m) => return Err(bad_modifier(m)),
-        },
-        ParamType::Reference => match modifier {
-            Some("identifier") => {
-                Test::ReferenceIdentifier(values(raw).iter().map(|v| token(v)).collect())
-            }
-            None => Test::Reference(
-                values(raw)
-                    .iter()
-                    .map(|v| reference(param, None, v))
-                    .collect(),
-            ),
-            Some(m) => match resource_type_named(m) {
-                Some(t) => Test::Reference(
-                    values(raw)
-                        .iter()
-                        .map(|v| reference(param, Some(t), v))
-                        .collect(),
-                ),
-                None => return Err(bad_modifier(m)),
-            },
-        },
-        ParamType::Date => {
-            if let Some(m) = modifier {
-                return Err(bad_modifier(m));
-            }
-            Test::Date(prefixed(
-                raw,
-                value::date_range,
-                || format!("for '{code}': use [prefix]yyyy[-mm[-dd[Thh:mm[:ss][zone]]]]"),
-                "date",
-            )?)
-        }
-        ParamType::Number => {
-            if let Some(m) = modifier {
-                return Err(bad_modifier(m));
-            }
-            Test::Number(prefixed(
-                raw,
-                value::number_range,
-                || format!("for '{code}'"),
-                "number",
-            )?)
-        }
-        ParamType::Quantity => {
-            if let Some(m) = modifier {
-                return Err(bad_modifier(m));
-            }
-            Test::Quantity(
-                values(raw)
-                    .iter()
-                    .map(|v| quantity(code, v))
-                    .collect::<Result<_, _>>()?,
-            )
-        }
-        ParamType::Uri => {
-            let mode = match modifier {
-                None => UriMode::Exact,
-                Some("below") => UriMode::Below,
-                Some("above") => UriMode::Above,
-                Some(m) => return Err(bad_modifier(m)),
-            };
-            Test::Uri {
-                values: values(raw),
-                mode,
-            }
-        }
+        ParamType::String => string_test(param, modifier, raw)?,
+        ParamType::Token => token_test(param, modifier, raw)?,
+        ParamType::Reference => reference_test(param, modifier, raw)?,
+        ParamType::Date => date_test(param, modifier, raw)?,
+        ParamType::Number => number_test(param, modifier, raw)?,
+        ParamType::Quantity => quantity_test(param, modifier, raw)?,
+        ParamType::Uri => uri_test(param, modifier, raw)?,
     };
     Ok(Criterion::Paths {
         paths: param.paths.clone(),
         test,
-        negate,
+        // Only token parameters accept `:not`; every other type has rejected it by now.
+        negate: modifier == Some(Modifier::Not),
+    })
+}
+
+/// `code:missing=true|false`: whether any path has a value, negated for `true`.
+fn missing(param: &SearchParam, raw: &str) -> Result<Criterion, SearchError> {
+    let code = &param.code;
+    let missing = match raw {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return Err(SearchError::invalid(format!(
+                "{code}:missing takes true or false, got '{raw}'"
+            )));
+        }
+    };
+    if param.param_type == ParamType::Composite {
+        return Err(SearchError::invalid(format!(
+            ":missing is not allowed on composite parameter '{code}'"
+        )));
+    }
+    Ok(Criterion::Paths {
+        paths: param.paths.clone(),
+        test: Test::Exists,
+        negate: missing,
+    })
+}
+
+/// The error for a modifier `param`'s type does not take.
+fn bad_modifier(param: &SearchParam, m: Modifier<'_>) -> SearchError {
+    SearchError::invalid(format!(
+        "modifier ':{m}' is not valid for {} parameter '{}'",
+        param.param_type.as_str(),
+        param.code
+    ))
+}
+
+/// Rejects any modifier, for the types that take none (date, number, quantity, composite).
+fn no_modifier(param: &SearchParam, modifier: Option<Modifier<'_>>) -> Result<(), SearchError> {
+    match modifier {
+        Some(m) => Err(bad_modifier(param, m)),
+        None => Ok(()),
+    }
+}
+
+/// A string search: a folded prefix by default, folded anywhere with `:contains`/`:text`, or
+/// the value as given with `:exact` (the only mode that keeps case and accents).
+fn string_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    let code = &param.code;
+    let mode = match modifier {
+        // Full-text parameters match anywhere in the narrative or resource.
+        None if code == "_text" || code == "_content" => StringMode::Contains,
+        None => StringMode::Prefix,
+        Some(Modifier::Exact) => StringMode::Exact,
+        Some(Modifier::Contains | Modifier::Text) => StringMode::Contains,
+        Some(m) => return Err(bad_modifier(param, m)),
+    };
+    let values = values(raw)
+        .into_iter()
+        .map(|v| {
+            if mode == StringMode::Exact {
+                v
+            } else {
+                value::fold(&v)
+            }
+        })
+        .collect();
+    Ok(Test::String { values, mode })
+}
+
+/// A token search: `[system|]code` (also under `:not`, which [`criterion`] negates), display
+/// text with `:text`, or an identifier's type and value with `:of-type`. The terminology
+/// modifiers are refused as not supported rather than invalid, so lenient requests ignore them.
+fn token_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    let code = &param.code;
+    Ok(match modifier {
+        None | Some(Modifier::Not) => Test::Token(values(raw).iter().map(|v| token(v)).collect()),
+        Some(Modifier::Text) => {
+            Test::TokenText(values(raw).iter().map(|v| value::fold(v)).collect())
+        }
+        Some(Modifier::OfType) => Test::OfType(
+            values(raw)
+                .iter()
+                .map(|v| of_type(code, v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(m @ (Modifier::In | Modifier::NotIn | Modifier::Above | Modifier::Below)) => {
+            return Err(SearchError::not_supported(format!(
+                "modifier ':{m}' on token parameter '{code}' needs terminology services, which are not supported"
+            )));
+        }
+        Some(m) => return Err(bad_modifier(param, m)),
+    })
+}
+
+/// One `:of-type` value: `system|code|value`, all three required.
+fn of_type(code: &str, v: &str) -> Result<OfType, SearchError> {
+    let parts = value::split_escaped(v, '|');
+    match parts.as_slice() {
+        [s, c, val] => Ok(OfType {
+            system: s.clone(),
+            code: c.clone(),
+            value: val.clone(),
+        }),
+        _ => Err(SearchError::invalid(format!(
+            "{code}:of-type takes system|code|value, got '{v}'"
+        ))),
+    }
+}
+
+/// A reference search: by `[Type/]id` (the type given by `:[type]` when the value has none),
+/// or by the reference's identifier with `:identifier`.
+fn reference_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    let type_modifier = match modifier {
+        Some(Modifier::Identifier) => {
+            return Ok(Test::ReferenceIdentifier(
+                values(raw).iter().map(|v| token(v)).collect(),
+            ));
+        }
+        None => None,
+        Some(Modifier::Type { resource_type, .. }) => Some(resource_type),
+        Some(m) => return Err(bad_modifier(param, m)),
+    };
+    Ok(Test::Reference(
+        values(raw)
+            .iter()
+            .map(|v| reference(param, type_modifier, v))
+            .collect(),
+    ))
+}
+
+/// A date search: `[prefix]date` values, each the range its precision denotes. No modifiers.
+fn date_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    no_modifier(param, modifier)?;
+    let code = &param.code;
+    Ok(Test::Date(prefixed(
+        raw,
+        value::date_range,
+        || format!("for '{code}': use [prefix]yyyy[-mm[-dd[Thh:mm[:ss][zone]]]]"),
+        "date",
+    )?))
+}
+
+/// A number search: `[prefix]number` values, each the range its implicit precision denotes.
+/// No modifiers.
+fn number_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    no_modifier(param, modifier)?;
+    let code = &param.code;
+    Ok(Test::Number(prefixed(
+        raw,
+        value::number_range,
+        || format!("for '{code}'"),
+        "number",
+    )?))
+}
+
+/// A quantity search: `[prefix]number[|system|code]` values. No modifiers.
+fn quantity_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    no_modifier(param, modifier)?;
+    Ok(Test::Quantity(
+        values(raw)
+            .iter()
+            .map(|v| quantity(&param.code, v))
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// A URI search: equal by default, or a hierarchy of paths with `:below`/`:above`.
+fn uri_test(
+    param: &SearchParam,
+    modifier: Option<Modifier<'_>>,
+    raw: &str,
+) -> Result<Test, SearchError> {
+    let mode = match modifier {
+        None => UriMode::Exact,
+        Some(Modifier::Below) => UriMode::Below,
+        Some(Modifier::Above) => UriMode::Above,
+        Some(m) => return Err(bad_modifier(param, m)),
+    };
+    Ok(Test::Uri {
+        values: values(raw),
+        mode,
     })
 }
 
@@ -644,17 +814,14 @@ fn quantity(code: &str, v: &str) -> Result<QuantityValue, SearchError> {
     })
 }
 
+/// A composite search: `$`-separated component values that must all match within one
+/// element of the parameter's base (or the row), built from one sub-criterion per component.
 fn composite(
     param: &SearchParam,
-    modifier: Option<&str>,
+    modifier: Option<Modifier<'_>>,
     raw: &str,
 ) -> Result<Criterion, SearchError> {
-    if let Some(m) = modifier {
-        return Err(SearchError::invalid(format!(
-            "modifier ':{m}' is not valid for composite parameter '{}'",
-            param.code
-        )));
-    }
+    no_modifier(param, modifier)?;
     let base = param.paths.first().cloned();
     let mut any = Vec::new();
     for v in values(raw) {
@@ -694,4 +861,79 @@ fn composite(
     } else {
         Criterion::Any(any)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYWORDS: [&str; 11] = [
+        "missing",
+        "exact",
+        "contains",
+        "text",
+        "not",
+        "above",
+        "below",
+        "in",
+        "not-in",
+        "of-type",
+        "identifier",
+    ];
+
+    /// Keywords are matched before resource types, so no resource type may share a keyword's
+    /// name (case-insensitively) or its `:[type]` modifier would be read as the keyword.
+    #[test]
+    fn modifier_keywords_are_not_resource_types() {
+        for k in KEYWORDS {
+            assert!(resource_type_named(k).is_none(), "{k}");
+            assert!(!matches!(
+                Modifier::parse(k),
+                Modifier::Type { .. } | Modifier::Unknown(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn modifiers_keep_the_text_they_were_written_with() {
+        for s in KEYWORDS
+            .into_iter()
+            .chain(["patient", "Foo", "", "not:x", "Exact"])
+        {
+            assert_eq!(Modifier::parse(s).to_string(), s);
+        }
+        assert_eq!(
+            Modifier::parse("patient"),
+            Modifier::Type {
+                resource_type: "Patient",
+                written: "patient"
+            }
+        );
+        assert_eq!(Modifier::parse("Exact"), Modifier::Unknown("Exact"));
+    }
+
+    #[test]
+    fn modifier_errors_name_the_modifier_and_the_parameter_type() {
+        let err = |ty, name, raw| parse_filter(ty, name, raw).unwrap_err();
+        let e = err("Patient", "family:foo", "x");
+        assert_eq!(e.code, "invalid");
+        assert_eq!(
+            e.message,
+            "modifier ':foo' is not valid for string parameter 'family'"
+        );
+        assert_eq!(
+            err("Patient", "birthdate:patient", "2020").message,
+            "modifier ':patient' is not valid for date parameter 'birthdate'"
+        );
+        let e = err("Observation", "code:not-in", "x");
+        assert_eq!(e.code, "not-supported");
+        assert_eq!(
+            e.message,
+            "modifier ':not-in' on token parameter 'code' needs terminology services, which are not supported"
+        );
+        assert_eq!(
+            err("Observation", "subject:text.family", "x").message,
+            "unknown resource type 'text' in 'subject:text.family'"
+        );
+    }
 }
