@@ -17,11 +17,13 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use iceberg::Runtime;
+use iceberg::io::FileIO;
 use iceberg::spec::TableMetadata;
 use iceberg::spec::{
-    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, ManifestContentType, ManifestFile,
-    ManifestList, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot,
-    SnapshotReference, SnapshotRetention, Summary, TableMetadataBuilder,
+    DataContentType, DataFile, FormatVersion, MAIN_BRANCH, Manifest, ManifestContentType,
+    ManifestFile, ManifestList, ManifestListWriter, ManifestWriter, ManifestWriterBuilder,
+    Operation, PartitionSpec, SchemaRef, Snapshot, SnapshotRef, SnapshotReference,
+    SnapshotRetention, Summary, TableMetadataBuilder,
 };
 use iceberg::table::Table;
 use iceberg::{Catalog, MetadataLocation, TableIdent};
@@ -257,150 +259,275 @@ impl Committer {
         table: &Table,
         changes: &TableChanges,
     ) -> Result<(String, TableMetadata), CommitError> {
-        let metadata = table.metadata();
-        let file_io = table.file_io();
-        let schema = metadata.current_schema().clone();
-        let spec = metadata.default_partition_spec().as_ref().clone();
-        let snapshot_id = new_snapshot_id(metadata.snapshots().map(|s| s.snapshot_id()));
-        let parent = metadata.current_snapshot();
-        let sequence_number = metadata.next_sequence_number();
-        let base = metadata.location().trim_end_matches('/').to_string();
-        let commit_uuid = uuid::Uuid::new_v4();
-
-        let mut manifests: Vec<ManifestFile> = Vec::new();
-        let mut removed = Totals::default();
-        if let Some(parent) = parent {
-            let bytes = file_io.new_input(parent.manifest_list())?.read().await?;
-            let list = ManifestList::parse_with_version(&bytes, metadata.format_version())?;
-            for (i, manifest) in list.entries().iter().enumerate() {
-                if changes.dropped_files.is_empty() {
-                    manifests.push(manifest.clone());
-                    continue;
-                }
-                let loaded = manifest.load_manifest(file_io).await?;
-                let touches = loaded
-                    .entries()
-                    .iter()
-                    .any(|e| e.is_alive() && changes.dropped_files.contains(e.file_path()));
-                if !touches {
-                    manifests.push(manifest.clone());
-                    continue;
-                }
-                // Rewrite: dropped files become DELETED entries, the rest EXISTING.
-                let path = format!("{base}/metadata/{commit_uuid}-r{i}.avro");
-                let builder = ManifestWriterBuilder::new(
-                    file_io.new_output(&path)?,
-                    Some(snapshot_id),
-                    schema.clone(),
-                    spec.clone(),
-                );
-                let mut writer = match manifest.content {
-                    ManifestContentType::Data => builder.build_v2_data(),
-                    ManifestContentType::Deletes => builder.build_v2_deletes(),
-                };
-                for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
-                    let seq = entry.sequence_number().unwrap_or(manifest.sequence_number);
-                    let file_seq = entry.file_sequence_number;
-                    if changes.dropped_files.contains(entry.file_path()) {
-                        removed.add(entry.data_file());
-                        writer.add_delete_file(entry.data_file().clone(), seq, file_seq)?;
-                    } else {
-                        writer.add_existing_file(
-                            entry.data_file().clone(),
-                            entry.snapshot_id().unwrap_or(manifest.added_snapshot_id),
-                            seq,
-                            file_seq,
-                        )?;
-                    }
-                }
-                manifests.push(writer.write_manifest_file().await?);
-            }
-        }
-
-        let mut added = Totals::default();
-        for (files, content) in [
-            (&changes.added_data, ManifestContentType::Data),
-            (&changes.added_deletes, ManifestContentType::Deletes),
-        ] {
-            if files.is_empty() {
-                continue;
-            }
-            let suffix = if content == ManifestContentType::Data {
-                "d"
-            } else {
-                "x"
-            };
-            let path = format!("{base}/metadata/{commit_uuid}-{suffix}.avro");
-            let builder = ManifestWriterBuilder::new(
-                file_io.new_output(&path)?,
-                Some(snapshot_id),
-                schema.clone(),
-                spec.clone(),
-            );
-            let mut writer = match content {
-                ManifestContentType::Data => builder.build_v2_data(),
-                ManifestContentType::Deletes => builder.build_v2_deletes(),
-            };
-            for file in files {
-                added.add(file);
-                writer.add_file(file.clone(), sequence_number)?;
-            }
-            manifests.push(writer.write_manifest_file().await?);
-        }
-
-        let list_path = format!("{base}/metadata/snap-{snapshot_id}-1-{commit_uuid}.avro");
-        let mut list_writer = ManifestListWriter::v2(
-            file_io.new_output(&list_path)?.writer().await?,
-            snapshot_id,
-            parent.map(|p| p.snapshot_id()),
-            sequence_number,
-        );
-        list_writer.add_manifests(manifests.into_iter())?;
-        list_writer.close().await?;
-
-        let previous = parent
-            .map(|p| p.summary().additional_properties.clone())
-            .unwrap_or_default();
-        let mut properties = summary_properties(&previous, &added, &removed);
-        properties.extend(changes.properties.clone());
-        let snapshot = Snapshot::builder()
-            .with_snapshot_id(snapshot_id)
-            .with_parent_snapshot_id(parent.map(|p| p.snapshot_id()))
-            .with_sequence_number(sequence_number)
-            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
-            .with_manifest_list(list_path)
-            .with_summary(Summary {
-                operation: changes.operation(),
-                additional_properties: properties,
-            })
-            .with_schema_id(metadata.current_schema_id())
-            .build();
-
+        let next = NextSnapshot::new(table);
+        let (mut manifests, removed) = next.carry_over_manifests(&changes.dropped_files).await?;
+        let added = next.write_added_manifests(changes, &mut manifests).await?;
+        let manifest_list = next.write_manifest_list(manifests).await?;
+        let snapshot = next.snapshot(manifest_list, next.summary(changes, &added, &removed));
         let current_location = table
             .metadata_location()
             .expect("catalog-loaded tables have a metadata location")
             .to_string();
+        let new_metadata = next.table_metadata(&current_location, snapshot)?;
+        let new_location =
+            write_metadata_file(next.file_io, &current_location, &new_metadata).await?;
+        Ok((new_location, new_metadata))
+    }
+}
+
+/// The snapshot a commit is building on top of the table's current one, and what every file
+/// it writes shares. Manifest entries and the manifest list carry the new snapshot id and
+/// sequence number (Iceberg v2 orders deletes against data by sequence number), and all file
+/// names carry one fresh commit uuid, so a writer that loses the race and retries never
+/// overwrites files the winner references.
+struct NextSnapshot<'a> {
+    metadata: &'a TableMetadata,
+    file_io: &'a FileIO,
+    schema: SchemaRef,
+    spec: PartitionSpec,
+    snapshot_id: i64,
+    /// The snapshot this one follows on the main branch, `None` for the table's first.
+    parent: Option<&'a SnapshotRef>,
+    sequence_number: i64,
+    /// The table location without a trailing slash; files go under its `metadata/`.
+    base: String,
+    commit_uuid: uuid::Uuid,
+}
+
+impl<'a> NextSnapshot<'a> {
+    /// The snapshot following `table`'s current one, written with its current schema and
+    /// default partition spec.
+    fn new(table: &'a Table) -> Self {
+        let metadata = table.metadata();
+        Self {
+            metadata,
+            file_io: table.file_io(),
+            schema: metadata.current_schema().clone(),
+            spec: metadata.default_partition_spec().as_ref().clone(),
+            snapshot_id: new_snapshot_id(metadata.snapshots().map(|s| s.snapshot_id())),
+            parent: metadata.current_snapshot(),
+            sequence_number: metadata.next_sequence_number(),
+            base: metadata.location().trim_end_matches('/').to_string(),
+            commit_uuid: uuid::Uuid::new_v4(),
+        }
+    }
+
+    /// Where this commit's manifest tagged `tag` goes.
+    fn manifest_path(&self, tag: &str) -> String {
+        format!("{}/metadata/{}-{tag}.avro", self.base, self.commit_uuid)
+    }
+
+    /// A v2 writer for a manifest of `content` at `path`. Iceberg v2 keeps data files and
+    /// delete files in separate manifests, told apart by the manifest's content type.
+    fn manifest_writer(
+        &self,
+        path: &str,
+        content: ManifestContentType,
+    ) -> Result<ManifestWriter, CommitError> {
+        let builder = ManifestWriterBuilder::new(
+            self.file_io.new_output(path)?,
+            Some(self.snapshot_id),
+            self.schema.clone(),
+            self.spec.clone(),
+        );
+        Ok(match content {
+            ManifestContentType::Data => builder.build_v2_data(),
+            ManifestContentType::Deletes => builder.build_v2_deletes(),
+        })
+    }
+
+    /// The parent snapshot's manifests as the new snapshot lists them, and the totals of the
+    /// files they stop tracking. Manifests are immutable and shared between snapshots, so one
+    /// that holds no file in `dropped` is carried over as it is; only those that do are
+    /// rewritten (see [`Self::rewrite_manifest`]).
+    async fn carry_over_manifests(
+        &self,
+        dropped: &HashSet<String>,
+    ) -> Result<(Vec<ManifestFile>, Totals), CommitError> {
+        let mut manifests: Vec<ManifestFile> = Vec::new();
+        let mut removed = Totals::default();
+        let Some(parent) = self.parent else {
+            return Ok((manifests, removed));
+        };
+        let bytes = self
+            .file_io
+            .new_input(parent.manifest_list())?
+            .read()
+            .await?;
+        let list = ManifestList::parse_with_version(&bytes, self.metadata.format_version())?;
+        for (i, manifest) in list.entries().iter().enumerate() {
+            if dropped.is_empty() {
+                manifests.push(manifest.clone());
+                continue;
+            }
+            let loaded = manifest.load_manifest(self.file_io).await?;
+            let touches = loaded
+                .entries()
+                .iter()
+                .any(|e| e.is_alive() && dropped.contains(e.file_path()));
+            if !touches {
+                manifests.push(manifest.clone());
+                continue;
+            }
+            let rewritten = self
+                .rewrite_manifest(i, manifest, &loaded, dropped, &mut removed)
+                .await?;
+            manifests.push(rewritten);
+        }
+        Ok((manifests, removed))
+    }
+
+    /// Rewrites the `i`th manifest of the parent, `loaded` from `manifest`, without the files
+    /// in `dropped`, adding them to `removed`. Iceberg removes a file by listing it once more
+    /// as DELETED in a manifest of the removing snapshot; the other live files stay EXISTING
+    /// with the snapshot id and sequence numbers they were added with, since readers apply
+    /// position deletes by comparing sequence numbers. Entries already DELETED are left out.
+    async fn rewrite_manifest(
+        &self,
+        i: usize,
+        manifest: &ManifestFile,
+        loaded: &Manifest,
+        dropped: &HashSet<String>,
+        removed: &mut Totals,
+    ) -> Result<ManifestFile, CommitError> {
+        let path = self.manifest_path(&format!("r{i}"));
+        let mut writer = self.manifest_writer(&path, manifest.content)?;
+        for entry in loaded.entries().iter().filter(|e| e.is_alive()) {
+            let seq = entry.sequence_number().unwrap_or(manifest.sequence_number);
+            let file_seq = entry.file_sequence_number;
+            if dropped.contains(entry.file_path()) {
+                removed.add(entry.data_file());
+                writer.add_delete_file(entry.data_file().clone(), seq, file_seq)?;
+            } else {
+                writer.add_existing_file(
+                    entry.data_file().clone(),
+                    entry.snapshot_id().unwrap_or(manifest.added_snapshot_id),
+                    seq,
+                    file_seq,
+                )?;
+            }
+        }
+        Ok(writer.write_manifest_file().await?)
+    }
+
+    /// Writes one manifest for the added data files and one for the added position-delete
+    /// files (when there are any), appends them to `manifests` and returns the added totals.
+    /// The files are ADDED with the new sequence number, so this commit's deletes apply to
+    /// data files up to and including its own.
+    async fn write_added_manifests(
+        &self,
+        changes: &TableChanges,
+        manifests: &mut Vec<ManifestFile>,
+    ) -> Result<Totals, CommitError> {
+        let mut added = Totals::default();
+        for (files, content, tag) in [
+            (&changes.added_data, ManifestContentType::Data, "d"),
+            (&changes.added_deletes, ManifestContentType::Deletes, "x"),
+        ] {
+            if files.is_empty() {
+                continue;
+            }
+            let mut writer = self.manifest_writer(&self.manifest_path(tag), content)?;
+            for file in files {
+                added.add(file);
+                writer.add_file(file.clone(), self.sequence_number)?;
+            }
+            manifests.push(writer.write_manifest_file().await?);
+        }
+        Ok(added)
+    }
+
+    /// Writes the snapshot's manifest list, named `snap-<id>-<attempt>-<uuid>.avro` like
+    /// Iceberg's own writers do, and returns its path. The v2 list records the parent id and
+    /// the sequence number, which the manifests written by this commit inherit.
+    async fn write_manifest_list(
+        &self,
+        manifests: Vec<ManifestFile>,
+    ) -> Result<String, CommitError> {
+        let list_path = format!(
+            "{}/metadata/snap-{}-1-{}.avro",
+            self.base, self.snapshot_id, self.commit_uuid
+        );
+        let mut list_writer = ManifestListWriter::v2(
+            self.file_io.new_output(&list_path)?.writer().await?,
+            self.snapshot_id,
+            self.parent.map(|p| p.snapshot_id()),
+            self.sequence_number,
+        );
+        list_writer.add_manifests(manifests.into_iter())?;
+        list_writer.close().await?;
+        Ok(list_path)
+    }
+
+    /// The snapshot summary: the operation the spec requires, the standard counters with
+    /// totals carried from the parent's summary, and the commit's own properties on top.
+    fn summary(&self, changes: &TableChanges, added: &Totals, removed: &Totals) -> Summary {
+        let previous = self
+            .parent
+            .map(|p| p.summary().additional_properties.clone())
+            .unwrap_or_default();
+        let mut properties = summary_properties(&previous, added, removed);
+        properties.extend(changes.properties.clone());
+        Summary {
+            operation: changes.operation(),
+            additional_properties: properties,
+        }
+    }
+
+    /// The new snapshot, stamped now (after its manifest list was written).
+    fn snapshot(&self, manifest_list: String, summary: Summary) -> Snapshot {
+        Snapshot::builder()
+            .with_snapshot_id(self.snapshot_id)
+            .with_parent_snapshot_id(self.parent.map(|p| p.snapshot_id()))
+            .with_sequence_number(self.sequence_number)
+            .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+            .with_manifest_list(manifest_list)
+            .with_summary(summary)
+            .with_schema_id(self.metadata.current_schema_id())
+            .build()
+    }
+
+    /// The table metadata with `snapshot` added and the main branch pointing at it, and the
+    /// [`expired_snapshots`] removed. Building from the metadata at `current_location` records
+    /// that file in the metadata log, as the spec asks of every new metadata file.
+    fn table_metadata(
+        &self,
+        current_location: &str,
+        snapshot: Snapshot,
+    ) -> Result<TableMetadata, CommitError> {
         let new_metadata = TableMetadataBuilder::new_from_metadata(
-            metadata.clone(),
-            Some(current_location.clone()),
+            self.metadata.clone(),
+            Some(current_location.to_string()),
         )
-        .remove_snapshots(&expired_snapshots(metadata))
+        .remove_snapshots(&expired_snapshots(self.metadata))
         .add_snapshot(snapshot)?
         .set_ref(
             MAIN_BRANCH,
-            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            SnapshotReference::new(
+                self.snapshot_id,
+                SnapshotRetention::branch(None, None, None),
+            ),
         )?
         .build()?
         .metadata;
         debug_assert_eq!(new_metadata.format_version(), FormatVersion::V2);
-        // A new file name (next version, new uuid): the old metadata file is never touched,
-        // so the pointer swap below is the only moment the table changes.
-        let new_location = MetadataLocation::from_str(&current_location)?
-            .with_next_version()
-            .with_new_metadata(&new_metadata);
-        new_metadata.write_to(file_io, &new_location).await?;
-        Ok((new_location.to_string(), new_metadata))
+        Ok(new_metadata)
     }
+}
+
+/// Writes `metadata` as the file following the one at `current_location` and returns its
+/// location. A new file name (next version, new uuid): the old metadata file is never
+/// touched, so the catalog's pointer swap is the only moment the table changes.
+async fn write_metadata_file(
+    file_io: &FileIO,
+    current_location: &str,
+    metadata: &TableMetadata,
+) -> Result<String, CommitError> {
+    let new_location = MetadataLocation::from_str(current_location)?
+        .with_next_version()
+        .with_new_metadata(metadata);
+    metadata.write_to(file_io, &new_location).await?;
+    Ok(new_location.to_string())
 }
 
 /// The snapshots the next commit expires so that `keep` remain after it: the current one, the
