@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::operation::Operation;
+use super::requests::DatastoreIdRequest;
 use super::wire::dispatch;
 use super::{ControlError, ControlPlane};
 
@@ -153,7 +154,12 @@ async fn wait_while(
 ) -> Result<String, ControlError> {
     loop {
         let out = control
-            .describe_datastore(&json!({"DatastoreId": id}), host)
+            .describe_datastore(
+                &DatastoreIdRequest {
+                    datastore_id: id.to_string(),
+                },
+                host,
+            )
             .await?;
         let status = out["DatastoreProperties"]["DatastoreStatus"]
             .as_str()

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::jobs::{StartRequest, with_optional_members};
 use super::location::Location;
+use super::requests::{JobIdRequest, ListJobsRequest};
 use super::shapes;
 use super::staging::{Staging, export_output_name};
 use super::{ControlError, ControlPlane, epoch_seconds, now};
@@ -259,13 +260,13 @@ impl ControlPlane {
     }
 
     /// DescribeFHIRExportJob.
-    pub async fn describe_export(&self, req: &Value) -> Result<Value, ControlError> {
+    pub async fn describe_export(&self, req: &JobIdRequest) -> Result<Value, ControlError> {
         let job = self.job_of(req, JobKind::Export).await?;
         Ok(json!({ "ExportJobProperties": Self::export_properties(&job) }))
     }
 
     /// CancelFHIRExportJob (a fhirlake addition; see the module documentation).
-    pub async fn cancel_export(&self, req: &Value) -> Result<Value, ControlError> {
+    pub async fn cancel_export(&self, req: &JobIdRequest) -> Result<Value, ControlError> {
         let job = self.job_of(req, JobKind::Export).await?;
         let job = self
             .cancel_export_job(&job.datastore_id, &job.job_id)
@@ -274,7 +275,7 @@ impl ControlPlane {
     }
 
     /// ListFHIRExportJobs.
-    pub async fn list_exports(&self, req: &Value) -> Result<Value, ControlError> {
+    pub async fn list_exports(&self, req: &ListJobsRequest) -> Result<Value, ControlError> {
         self.list_jobs_of(
             req,
             JobKind::Export,

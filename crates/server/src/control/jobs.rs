@@ -18,6 +18,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::location::Location;
+use super::requests::{JobIdRequest, ListJobsRequest};
 use super::shapes;
 use super::staging::{Staging, import_report_name};
 use super::{ControlError, ControlPlane, epoch_seconds, now};
@@ -356,13 +357,13 @@ impl ControlPlane {
     }
 
     /// DescribeFHIRImportJob.
-    pub async fn describe_import(&self, req: &Value) -> Result<Value, ControlError> {
+    pub async fn describe_import(&self, req: &JobIdRequest) -> Result<Value, ControlError> {
         let job = self.job_of(req, JobKind::Import).await?;
         Ok(json!({ "ImportJobProperties": Self::import_properties(&job) }))
     }
 
     /// ListFHIRImportJobs.
-    pub async fn list_imports(&self, req: &Value) -> Result<Value, ControlError> {
+    pub async fn list_imports(&self, req: &ListJobsRequest) -> Result<Value, ControlError> {
         self.list_jobs_of(
             req,
             JobKind::Import,
@@ -373,10 +374,12 @@ impl ControlPlane {
     }
 
     /// The job a Describe request names (`DatastoreId`, `JobId`), if it is of `kind`.
-    pub(super) async fn job_of(&self, req: &Value, kind: JobKind) -> Result<Job, ControlError> {
-        let obj = shapes::object(req)?;
-        let ds_id = shapes::required_str(obj, "DatastoreId")?;
-        let job_id = shapes::required_str(obj, "JobId")?;
+    pub(super) async fn job_of(
+        &self,
+        req: &JobIdRequest,
+        kind: JobKind,
+    ) -> Result<Job, ControlError> {
+        let (ds_id, job_id) = (req.datastore_id.as_str(), req.job_id.as_str());
         self.visible_datastore(ds_id).await?;
         let job = self.installation().store.job(job_id).await?;
         if job.datastore_id != ds_id || job.kind != kind {
@@ -395,28 +398,15 @@ impl ControlPlane {
     /// by `JobName`, `JobStatus`, `SubmittedBefore`/`SubmittedAfter`.
     pub(super) async fn list_jobs_of(
         &self,
-        req: &Value,
+        req: &ListJobsRequest,
         kind: JobKind,
         show: fn(&Job) -> Value,
         member: &str,
     ) -> Result<Value, ControlError> {
-        let obj = shapes::object(req)?;
-        let ds_id = shapes::required_str(obj, "DatastoreId")?;
+        let ds_id = req.datastore_id.as_str();
         self.visible_datastore(ds_id).await?;
-        let name = obj.get("JobName").and_then(Value::as_str);
-        let status = match obj.get("JobStatus") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_str().and_then(JobStatus::from_name).ok_or_else(|| {
-                ControlError::Validation(format!(
-                    "JobStatus {v} is not one of SUBMITTED, QUEUED, IN_PROGRESS, \
-                     COMPLETED_WITH_ERRORS, COMPLETED, FAILED, CANCEL_SUBMITTED, \
-                     CANCEL_IN_PROGRESS, CANCEL_COMPLETED, CANCEL_FAILED"
-                ))
-            })?),
-        };
-        let before = shapes::optional_time(&req["SubmittedBefore"], "SubmittedBefore")?;
-        let after = shapes::optional_time(&req["SubmittedAfter"], "SubmittedAfter")?;
-        let (offset, max) = shapes::page(obj)?;
+        let name = req.job_name.as_deref();
+        let (status, before, after) = (req.job_status, req.submitted_before, req.submitted_after);
         let items: Vec<Value> = self
             .installation()
             .store
@@ -432,6 +422,6 @@ impl ControlPlane {
                     && after.is_none_or(|a| submitted > a)
             })
             .collect();
-        Ok(shapes::paged(member, items, offset, max))
+        Ok(shapes::paged(member, items, req.page.offset, req.page.max))
     }
 }

@@ -17,6 +17,7 @@ pub mod export_jobs;
 pub mod jobs;
 pub mod location;
 pub mod operation;
+pub mod requests;
 mod shapes;
 pub mod sigv4;
 pub mod staging;
@@ -38,6 +39,10 @@ use crate::registry::Registry;
 use fhirlake_lake::background::BackgroundSync;
 use fhirlake_lake::sync::BatchLimits;
 use fhirlake_store::{Datastore, DatastoreStatus};
+use requests::{
+    DatastoreIdRequest, ListDatastoresRequest, ResourceArnRequest, TagResourceRequest,
+    UntagResourceRequest,
+};
 
 /// How long a deleted data store stays describable (HealthLake: seven days).
 pub const DELETED_RETENTION: chrono::Duration = chrono::Duration::days(7);
@@ -427,24 +432,23 @@ impl ControlPlane {
     }
 
     /// DescribeFHIRDatastore.
-    pub async fn describe_datastore(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
-        let id = shapes::required_str(shapes::object(req)?, "DatastoreId")?;
-        let (ds, props) = self.visible_datastore(id).await?;
+    pub async fn describe_datastore(
+        &self,
+        req: &DatastoreIdRequest,
+        host: &str,
+    ) -> Result<Value, ControlError> {
+        let (ds, props) = self.visible_datastore(&req.datastore_id).await?;
         Ok(json!({ "DatastoreProperties": self.properties(&ds, &props, host) }))
     }
 
     /// ListFHIRDatastores.
-    pub async fn list_datastores(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
-        let req = shapes::object(req)?;
-        let filter = req.get("Filter").cloned().unwrap_or(Value::Null);
-        let name = filter["DatastoreName"].as_str();
-        let status = match filter["DatastoreStatus"].as_str() {
-            None => None,
-            Some(s) => Some(shapes::datastore_status(s)?),
-        };
-        let before = shapes::optional_time(&filter["CreatedBefore"], "Filter.CreatedBefore")?;
-        let after = shapes::optional_time(&filter["CreatedAfter"], "Filter.CreatedAfter")?;
-        let (offset, max) = shapes::page(req)?;
+    pub async fn list_datastores(
+        &self,
+        req: &ListDatastoresRequest,
+        host: &str,
+    ) -> Result<Value, ControlError> {
+        let name = req.name.as_deref();
+        let (status, before, after) = (req.status, req.created_before, req.created_after);
         let mut all = Vec::new();
         for ds in self.installation().store.list_datastores().await? {
             let Ok((ds, props)) = self.visible_datastore(&ds.id).await else {
@@ -461,12 +465,21 @@ impl ControlPlane {
             }
             all.push(p);
         }
-        Ok(shapes::paged("DatastorePropertiesList", all, offset, max))
+        Ok(shapes::paged(
+            "DatastorePropertiesList",
+            all,
+            req.page.offset,
+            req.page.max,
+        ))
     }
 
     /// DeleteFHIRDatastore: DELETING now; the data is removed in the background, then DELETED.
-    pub async fn delete_datastore(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
-        let id = shapes::required_str(shapes::object(req)?, "DatastoreId")?;
+    pub async fn delete_datastore(
+        &self,
+        req: &DatastoreIdRequest,
+        host: &str,
+    ) -> Result<Value, ControlError> {
+        let id = req.datastore_id.as_str();
         let (ds, mut props) = self.visible_datastore(id).await?;
         match ds.status {
             DatastoreStatus::Active => {}
@@ -574,8 +587,7 @@ impl ControlPlane {
     }
 
     /// The data store an ARN names.
-    async fn datastore_of_arn(&self, req: &Value) -> Result<(Datastore, Value), ControlError> {
-        let arn = shapes::required_str(shapes::object(req)?, "ResourceARN")?;
+    async fn datastore_of_arn(&self, arn: &str) -> Result<(Datastore, Value), ControlError> {
         let id = arn
             .strip_prefix(&format!(
                 "arn:aws:healthlake:{}:{}:datastore/fhir/",
@@ -591,9 +603,9 @@ impl ControlPlane {
     }
 
     /// TagResource.
-    pub async fn tag_resource(&self, req: &Value) -> Result<Value, ControlError> {
-        let (ds, mut props) = self.datastore_of_arn(req).await?;
-        let new = shapes::tags(req.get("Tags").ok_or_else(|| shapes::missing("Tags"))?)?;
+    pub async fn tag_resource(&self, req: &TagResourceRequest) -> Result<Value, ControlError> {
+        let (ds, mut props) = self.datastore_of_arn(&req.resource_arn).await?;
+        let new = req.tags.clone();
         let mut tags: BTreeMap<String, String> =
             serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
         tags.extend(new);
@@ -613,18 +625,11 @@ impl ControlPlane {
     }
 
     /// UntagResource.
-    pub async fn untag_resource(&self, req: &Value) -> Result<Value, ControlError> {
-        let (ds, mut props) = self.datastore_of_arn(req).await?;
-        let keys = req
-            .get("TagKeys")
-            .and_then(Value::as_array)
-            .ok_or_else(|| shapes::missing("TagKeys"))?;
+    pub async fn untag_resource(&self, req: &UntagResourceRequest) -> Result<Value, ControlError> {
+        let (ds, mut props) = self.datastore_of_arn(&req.resource_arn).await?;
         let mut tags: BTreeMap<String, String> =
             serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
-        for key in keys {
-            let key = key
-                .as_str()
-                .ok_or_else(|| ControlError::Validation("TagKeys must be strings".into()))?;
+        for key in &req.tag_keys {
             tags.remove(key);
         }
         props["Tags"] = json!(tags);
@@ -636,8 +641,8 @@ impl ControlPlane {
     }
 
     /// ListTagsForResource.
-    pub async fn list_tags(&self, req: &Value) -> Result<Value, ControlError> {
-        let (_, props) = self.datastore_of_arn(req).await?;
+    pub async fn list_tags(&self, req: &ResourceArnRequest) -> Result<Value, ControlError> {
+        let (_, props) = self.datastore_of_arn(&req.resource_arn).await?;
         let tags: BTreeMap<String, String> =
             serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
         let list: Vec<Value> = tags

@@ -12,7 +12,7 @@ use fhirlake_store::DatastoreStatus;
 pub const MAX_TAGS: usize = 50;
 
 /// Most items a list call returns, and its default.
-const MAX_RESULTS: usize = 500;
+pub const MAX_RESULTS: usize = 500;
 
 pub fn object(req: &Value) -> Result<&Map<String, Value>, ControlError> {
     req.as_object()

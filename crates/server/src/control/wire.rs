@@ -70,21 +70,41 @@ pub async fn dispatch(
     body: &Value,
     host: &str,
 ) -> Result<Value, ControlError> {
+    use super::requests::*;
     match operation {
         Operation::CreateDatastore => control.create_datastore(body, host).await,
-        Operation::DescribeDatastore => control.describe_datastore(body, host).await,
-        Operation::ListDatastores => control.list_datastores(body, host).await,
-        Operation::DeleteDatastore => control.delete_datastore(body, host).await,
-        Operation::TagResource => control.tag_resource(body).await,
-        Operation::UntagResource => control.untag_resource(body).await,
-        Operation::ListTagsForResource => control.list_tags(body).await,
+        Operation::DescribeDatastore => {
+            let req = DatastoreIdRequest::parse(body)?;
+            control.describe_datastore(&req, host).await
+        }
+        Operation::ListDatastores => {
+            let req = ListDatastoresRequest::parse(body)?;
+            control.list_datastores(&req, host).await
+        }
+        Operation::DeleteDatastore => {
+            let req = DatastoreIdRequest::parse(body)?;
+            control.delete_datastore(&req, host).await
+        }
+        Operation::TagResource => {
+            control
+                .tag_resource(&TagResourceRequest::parse(body)?)
+                .await
+        }
+        Operation::UntagResource => {
+            control
+                .untag_resource(&UntagResourceRequest::parse(body)?)
+                .await
+        }
+        Operation::ListTagsForResource => {
+            control.list_tags(&ResourceArnRequest::parse(body)?).await
+        }
         Operation::StartImportJob => control.start_import(body).await,
-        Operation::DescribeImportJob => control.describe_import(body).await,
-        Operation::ListImportJobs => control.list_imports(body).await,
+        Operation::DescribeImportJob => control.describe_import(&JobIdRequest::parse(body)?).await,
+        Operation::ListImportJobs => control.list_imports(&ListJobsRequest::parse(body)?).await,
         Operation::StartExportJob => control.start_export(body).await,
-        Operation::DescribeExportJob => control.describe_export(body).await,
-        Operation::ListExportJobs => control.list_exports(body).await,
-        Operation::CancelExportJob => control.cancel_export(body).await,
+        Operation::DescribeExportJob => control.describe_export(&JobIdRequest::parse(body)?).await,
+        Operation::ListExportJobs => control.list_exports(&ListJobsRequest::parse(body)?).await,
+        Operation::CancelExportJob => control.cancel_export(&JobIdRequest::parse(body)?).await,
     }
 }
 

@@ -1,0 +1,226 @@
+//! Typed requests of the control plane's operations, parsed and validated once at the AWS
+//! JSON 1.0 edge (`wire.rs`) with HealthLake's ValidationException wording; the operations
+//! themselves and the CLI work with these types, never with request JSON.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::ControlError;
+use super::shapes;
+use fhirlake_store::JobStatus;
+
+/// A page of a List operation: `NextToken` (our opaque `offset-N`) and `MaxResults`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub offset: usize,
+    pub max: usize,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Self {
+            offset: 0,
+            max: shapes::MAX_RESULTS,
+        }
+    }
+}
+
+/// DescribeFHIRDatastore and DeleteFHIRDatastore: the data store they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatastoreIdRequest {
+    pub datastore_id: String,
+}
+
+/// ListFHIRDatastores: `Filter` and the page.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListDatastoresRequest {
+    pub name: Option<String>,
+    /// A data store status name (`ACTIVE`, ..., or `CREATE_FAILED`).
+    pub status: Option<&'static str>,
+    /// Epoch seconds.
+    pub created_before: Option<f64>,
+    pub created_after: Option<f64>,
+    pub page: Page,
+}
+
+/// TagResource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TagResourceRequest {
+    pub resource_arn: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// UntagResource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UntagResourceRequest {
+    pub resource_arn: String,
+    pub tag_keys: Vec<String>,
+}
+
+/// ListTagsForResource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceArnRequest {
+    pub resource_arn: String,
+}
+
+/// DescribeFHIRImportJob, DescribeFHIRExportJob and CancelFHIRExportJob: the job they name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobIdRequest {
+    pub datastore_id: String,
+    pub job_id: String,
+}
+
+/// ListFHIRImportJobs and ListFHIRExportJobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListJobsRequest {
+    pub datastore_id: String,
+    pub job_name: Option<String>,
+    pub job_status: Option<JobStatus>,
+    /// Epoch seconds.
+    pub submitted_before: Option<f64>,
+    pub submitted_after: Option<f64>,
+    pub page: Page,
+}
+
+fn required(req: &Value, member: &str) -> Result<String, ControlError> {
+    Ok(shapes::required_str(shapes::object(req)?, member)?.to_string())
+}
+
+impl Page {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        let (offset, max) = shapes::page(shapes::object(req)?)?;
+        Ok(Self { offset, max })
+    }
+}
+
+impl DatastoreIdRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        Ok(Self {
+            datastore_id: required(req, "DatastoreId")?,
+        })
+    }
+}
+
+impl ListDatastoresRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        let filter = &req["Filter"];
+        Ok(Self {
+            name: filter["DatastoreName"].as_str().map(str::to_string),
+            status: match filter["DatastoreStatus"].as_str() {
+                None => None,
+                Some(s) => Some(shapes::datastore_status(s)?),
+            },
+            created_before: shapes::optional_time(
+                &filter["CreatedBefore"],
+                "Filter.CreatedBefore",
+            )?,
+            created_after: shapes::optional_time(&filter["CreatedAfter"], "Filter.CreatedAfter")?,
+            page: Page::parse(req)?,
+        })
+    }
+}
+
+impl TagResourceRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        let resource_arn = required(req, "ResourceARN")?;
+        let tags = shapes::tags(req.get("Tags").ok_or_else(|| shapes::missing("Tags"))?)?;
+        Ok(Self { resource_arn, tags })
+    }
+}
+
+impl UntagResourceRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        let resource_arn = required(req, "ResourceARN")?;
+        let keys = req
+            .get("TagKeys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| shapes::missing("TagKeys"))?;
+        let tag_keys = keys
+            .iter()
+            .map(|k| {
+                k.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ControlError::Validation("TagKeys must be strings".into()))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            resource_arn,
+            tag_keys,
+        })
+    }
+}
+
+impl ResourceArnRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        Ok(Self {
+            resource_arn: required(req, "ResourceARN")?,
+        })
+    }
+}
+
+impl JobIdRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        Ok(Self {
+            datastore_id: required(req, "DatastoreId")?,
+            job_id: required(req, "JobId")?,
+        })
+    }
+}
+
+impl ListJobsRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        let obj = shapes::object(req)?;
+        let job_status = match obj.get("JobStatus") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_str().and_then(JobStatus::from_name).ok_or_else(|| {
+                ControlError::Validation(format!(
+                    "JobStatus {v} is not one of SUBMITTED, QUEUED, IN_PROGRESS, \
+                     COMPLETED_WITH_ERRORS, COMPLETED, FAILED, CANCEL_SUBMITTED, \
+                     CANCEL_IN_PROGRESS, CANCEL_COMPLETED, CANCEL_FAILED"
+                ))
+            })?),
+        };
+        Ok(Self {
+            datastore_id: required(req, "DatastoreId")?,
+            job_name: obj
+                .get("JobName")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            job_status,
+            submitted_before: shapes::optional_time(&req["SubmittedBefore"], "SubmittedBefore")?,
+            submitted_after: shapes::optional_time(&req["SubmittedAfter"], "SubmittedAfter")?,
+            page: Page::parse(req)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn requests_are_validated_with_healthlake_wording() {
+        let err = DatastoreIdRequest::parse(&json!({})).unwrap_err();
+        assert!(err.to_string().contains("at 'datastoreId'"), "{err}");
+        let err =
+            ListJobsRequest::parse(&json!({"DatastoreId": "d", "JobStatus": "DONE"})).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("JobStatus \"DONE\" is not one of")
+        );
+        let list = ListJobsRequest::parse(&json!({"DatastoreId": "d", "JobStatus": "COMPLETED",
+            "MaxResults": 2, "NextToken": "offset-4"}))
+        .unwrap();
+        assert_eq!(list.job_status, Some(JobStatus::Completed));
+        assert_eq!(list.page, Page { offset: 4, max: 2 });
+        let untag = UntagResourceRequest::parse(&json!({"ResourceARN": "a", "TagKeys": [1]}));
+        assert!(untag.is_err());
+        let filter =
+            ListDatastoresRequest::parse(&json!({"Filter": {"DatastoreStatus": "ACTIVE"}}))
+                .unwrap();
+        assert_eq!(filter.status, Some("ACTIVE"));
+        assert_eq!(filter.page, Page::default());
+    }
+}
