@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::jobs::{StartRequest, with_optional_members};
+use super::jobs::with_optional_members;
 use super::location::Location;
-use super::requests::{JobIdRequest, ListJobsRequest};
-use super::shapes;
+use super::requests::{JobIdRequest, ListJobsRequest, StartJobRequest};
 use super::staging::{Staging, export_output_name};
 use super::{ControlError, ControlPlane, epoch_seconds, now};
 use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
@@ -210,19 +209,14 @@ impl ControlPlane {
     }
 
     /// StartFHIRExportJob.
-    pub async fn start_export(&self, req: &Value) -> Result<Value, ControlError> {
-        let obj = shapes::object(req)?;
-        let ds_id = shapes::required_str(obj, "DatastoreId")?;
+    pub async fn start_export(&self, req: &StartJobRequest) -> Result<Value, ControlError> {
+        let ds_id = req.datastore_id.as_str();
         let (ds, _) = self.visible_datastore(ds_id).await?;
-        let start = match self
-            .job_request(req, "OutputDataConfig", ds_id, JobKind::Export)
-            .await?
-        {
-            StartRequest::New(start) => start,
-            StartRequest::Started(response) => return Ok(response),
-        };
+        if let Some(response) = self.started_before(req, JobKind::Export).await? {
+            return Ok(response);
+        }
         let output = Location::parse(
-            &start.output_uri,
+            &req.output.s3_uri,
             &self.config().allowed_roots,
             "OutputDataConfig.S3Configuration.S3Uri",
         )?;
@@ -231,11 +225,11 @@ impl ControlPlane {
                 &ds,
                 ExportRequest::system(),
                 output,
-                start.token,
+                req.client_token.clone(),
                 json!({
-                    "JobName": start.job_name,
-                    "OutputDataConfig": req["OutputDataConfig"],
-                    "DataAccessRoleArn": req["DataAccessRoleArn"],
+                    "JobName": req.job_name,
+                    "OutputDataConfig": req.output.to_json(),
+                    "DataAccessRoleArn": req.data_access_role_arn,
                 }),
             )
             .await?;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::location::Location;
-use super::requests::{JobIdRequest, ListJobsRequest};
+use super::requests::{JobIdRequest, ListJobsRequest, StartImportRequest, StartJobRequest};
 use super::shapes;
 use super::staging::{Staging, import_report_name};
 use super::{ControlError, ControlPlane, epoch_seconds, now};
@@ -41,21 +41,6 @@ impl Default for ImportLimits {
             max_total_bytes: 500 << 30,
         }
     }
-}
-
-/// A checked job start request.
-pub(super) enum StartRequest {
-    /// A new job.
-    New(NewJob),
-    /// The response of the job an earlier request with the same ClientToken started.
-    Started(Value),
-}
-
-/// The members of a new job's start request that import and export share.
-pub(super) struct NewJob {
-    pub output_uri: String,
-    pub job_name: Option<String>,
-    pub token: Option<String>,
 }
 
 /// Adds a job's EndTime and those of `keys` its properties hold to a job description.
@@ -141,48 +126,22 @@ impl ControlPlane {
         Ok(jobs.len())
     }
 
-    /// Checks the members StartFHIRImportJob and StartFHIRExportJob share: the output
-    /// location under `output_member` (with its KmsKeyId), DataAccessRoleArn, JobName and
-    /// ClientToken. A token an earlier request of `kind` used answers with that job.
-    pub(super) async fn job_request(
+    /// The response of the job an earlier start request of `kind` with the same ClientToken
+    /// started, if any (HealthLake's idempotent starts).
+    pub(super) async fn started_before(
         &self,
-        req: &Value,
-        output_member: &str,
-        ds_id: &str,
+        req: &StartJobRequest,
         kind: JobKind,
-    ) -> Result<StartRequest, ControlError> {
-        let obj = shapes::object(req)?;
-        let s3 = &req[output_member]["S3Configuration"];
-        let output_uri = s3["S3Uri"]
-            .as_str()
-            .ok_or_else(|| shapes::missing(&format!("{output_member}.S3Configuration.S3Uri")))?
-            .to_string();
-        if s3["KmsKeyId"].as_str().is_none() {
-            return Err(shapes::missing(&format!(
-                "{output_member}.S3Configuration.KmsKeyId"
-            )));
-        }
-        shapes::required_str(obj, "DataAccessRoleArn")?;
-        let job_name = match obj.get("JobName") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(shapes::name_field("JobName", v, 64)?),
+    ) -> Result<Option<Value>, ControlError> {
+        let Some(token) = &req.client_token else {
+            return Ok(None);
         };
-        let token = shapes::client_token(obj)?;
-        if let Some(token) = &token
-            && let Some(job) = self
-                .installation()
-                .store
-                .job_by_client_token(ds_id, kind, token)
-                .await?
-        {
-            return Ok(StartRequest::Started(
-                json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}),
-            ));
-        }
-        Ok(StartRequest::New(NewJob {
-            output_uri,
-            job_name,
-            token,
+        let store = &self.installation().store;
+        let job = store
+            .job_by_client_token(&req.datastore_id, kind, token)
+            .await?;
+        Ok(job.map(|job| {
+            json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": req.datastore_id})
         }))
     }
 
@@ -192,9 +151,8 @@ impl ControlPlane {
     }
 
     /// StartFHIRImportJob.
-    pub async fn start_import(&self, req: &Value) -> Result<Value, ControlError> {
-        let obj = shapes::object(req)?;
-        let ds_id = shapes::required_str(obj, "DatastoreId")?;
+    pub async fn start_import(&self, req: &StartImportRequest) -> Result<Value, ControlError> {
+        let ds_id = req.job.datastore_id.as_str();
         let (ds, _) = self.visible_datastore(ds_id).await?;
         if ds.status != DatastoreStatus::Active {
             return Err(ControlError::Validation(format!(
@@ -202,21 +160,14 @@ impl ControlPlane {
                 ds.status.as_str()
             )));
         }
-        let input_uri = req["InputDataConfig"]["S3Uri"]
-            .as_str()
-            .ok_or_else(|| shapes::missing("InputDataConfig.S3Uri"))?;
-        let start = match self
-            .job_request(req, "JobOutputDataConfig", ds_id, JobKind::Import)
-            .await?
-        {
-            StartRequest::New(start) => start,
-            StartRequest::Started(response) => return Ok(response),
-        };
+        if let Some(response) = self.started_before(&req.job, JobKind::Import).await? {
+            return Ok(response);
+        }
         let store = &self.installation().store;
         let roots = &self.config().allowed_roots;
-        let input = Location::parse(input_uri, roots, "InputDataConfig.S3Uri")?;
+        let input = Location::parse(&req.input_s3_uri, roots, "InputDataConfig.S3Uri")?;
         let output = Location::parse(
-            &start.output_uri,
+            &req.job.output.s3_uri,
             roots,
             "JobOutputDataConfig.S3Configuration.S3Uri",
         )?;
@@ -227,12 +178,12 @@ impl ControlPlane {
             status: JobStatus::Submitted,
             submit_time: now(),
             end_time: None,
-            client_token: start.token,
+            client_token: req.job.client_token.clone(),
             properties: json!({
-                "JobName": start.job_name,
-                "InputDataConfig": req["InputDataConfig"],
-                "JobOutputDataConfig": req["JobOutputDataConfig"],
-                "DataAccessRoleArn": req["DataAccessRoleArn"],
+                "JobName": req.job.job_name,
+                "InputDataConfig": {"S3Uri": req.input_s3_uri},
+                "JobOutputDataConfig": req.job.output.to_json(),
+                "DataAccessRoleArn": req.job.data_access_role_arn,
             }),
         };
         if let Err(running) = store.insert_job(&job).await? {

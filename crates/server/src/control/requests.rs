@@ -83,8 +83,87 @@ pub struct ListJobsRequest {
     pub page: Page,
 }
 
+/// Where a job writes: HealthLake's `S3Configuration` (`S3Uri`, `KmsKeyId`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputConfig {
+    pub s3_uri: String,
+    pub kms_key_id: String,
+}
+
+impl OutputConfig {
+    /// The member as HealthLake's Describe operations show it.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({"S3Configuration": {"S3Uri": self.s3_uri, "KmsKeyId": self.kms_key_id}})
+    }
+}
+
+/// The members StartFHIRImportJob and StartFHIRExportJob share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartJobRequest {
+    pub datastore_id: String,
+    /// `JobOutputDataConfig` (import: where the report goes) or `OutputDataConfig` (export).
+    pub output: OutputConfig,
+    pub data_access_role_arn: String,
+    pub job_name: Option<String>,
+    pub client_token: Option<String>,
+}
+
+/// StartFHIRImportJob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartImportRequest {
+    pub job: StartJobRequest,
+    /// `InputDataConfig.S3Uri`: an `s3://` prefix or a `file://` directory.
+    pub input_s3_uri: String,
+}
+
 fn required(req: &Value, member: &str) -> Result<String, ControlError> {
     Ok(shapes::required_str(shapes::object(req)?, member)?.to_string())
+}
+
+impl StartJobRequest {
+    /// Parses the shared members, the output under `output_member`.
+    pub fn parse(req: &Value, output_member: &str) -> Result<Self, ControlError> {
+        let obj = shapes::object(req)?;
+        let datastore_id = required(req, "DatastoreId")?;
+        let s3 = &req[output_member]["S3Configuration"];
+        let member = |m: &str| format!("{output_member}.S3Configuration.{m}");
+        let s3_uri = s3["S3Uri"]
+            .as_str()
+            .ok_or_else(|| shapes::missing(&member("S3Uri")))?;
+        let kms_key_id = s3["KmsKeyId"]
+            .as_str()
+            .ok_or_else(|| shapes::missing(&member("KmsKeyId")))?;
+        let data_access_role_arn = shapes::required_str(obj, "DataAccessRoleArn")?.to_string();
+        let job_name = match obj.get("JobName") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(shapes::name_field("JobName", v, 64)?),
+        };
+        Ok(Self {
+            datastore_id,
+            output: OutputConfig {
+                s3_uri: s3_uri.to_string(),
+                kms_key_id: kms_key_id.to_string(),
+            },
+            data_access_role_arn,
+            job_name,
+            client_token: shapes::client_token(obj)?,
+        })
+    }
+}
+
+impl StartImportRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        shapes::object(req)?;
+        required(req, "DatastoreId")?;
+        let input_s3_uri = req["InputDataConfig"]["S3Uri"]
+            .as_str()
+            .ok_or_else(|| shapes::missing("InputDataConfig.S3Uri"))?
+            .to_string();
+        Ok(Self {
+            job: StartJobRequest::parse(req, "JobOutputDataConfig")?,
+            input_s3_uri,
+        })
+    }
 }
 
 impl Page {
@@ -222,5 +301,33 @@ mod tests {
                 .unwrap();
         assert_eq!(filter.status, Some("ACTIVE"));
         assert_eq!(filter.page, Page::default());
+    }
+
+    #[test]
+    fn start_requests_name_the_missing_member() {
+        let base = json!({"DatastoreId": "d", "DataAccessRoleArn": "r",
+            "InputDataConfig": {"S3Uri": "s3://b/in"},
+            "JobOutputDataConfig": {"S3Configuration": {"S3Uri": "s3://b/out"}}});
+        let err = StartImportRequest::parse(&base).unwrap_err().to_string();
+        assert!(
+            err.contains("at 'jobOutputDataConfig.S3Configuration.KmsKeyId'"),
+            "{err}"
+        );
+        let mut ok = base.clone();
+        ok["JobOutputDataConfig"]["S3Configuration"]["KmsKeyId"] = json!("k");
+        ok["JobName"] = json!("nightly");
+        let req = StartImportRequest::parse(&ok).unwrap();
+        assert_eq!(req.input_s3_uri, "s3://b/in");
+        assert_eq!(req.job.job_name.as_deref(), Some("nightly"));
+        assert_eq!(
+            req.job.output.to_json(),
+            json!({"S3Configuration": {"S3Uri": "s3://b/out", "KmsKeyId": "k"}})
+        );
+        let export = StartJobRequest::parse(&ok, "OutputDataConfig").unwrap_err();
+        assert!(
+            export
+                .to_string()
+                .contains("'outputDataConfig.S3Configuration.S3Uri'")
+        );
     }
 }

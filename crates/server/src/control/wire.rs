@@ -98,10 +98,17 @@ pub async fn dispatch(
         Operation::ListTagsForResource => {
             control.list_tags(&ResourceArnRequest::parse(body)?).await
         }
-        Operation::StartImportJob => control.start_import(body).await,
+        Operation::StartImportJob => {
+            control
+                .start_import(&StartImportRequest::parse(body)?)
+                .await
+        }
         Operation::DescribeImportJob => control.describe_import(&JobIdRequest::parse(body)?).await,
         Operation::ListImportJobs => control.list_imports(&ListJobsRequest::parse(body)?).await,
-        Operation::StartExportJob => control.start_export(body).await,
+        Operation::StartExportJob => {
+            let req = StartJobRequest::parse(body, "OutputDataConfig")?;
+            control.start_export(&req).await
+        }
         Operation::DescribeExportJob => control.describe_export(&JobIdRequest::parse(body)?).await,
         Operation::ListExportJobs => control.list_exports(&ListJobsRequest::parse(body)?).await,
         Operation::CancelExportJob => control.cancel_export(&JobIdRequest::parse(body)?).await,
