@@ -40,8 +40,8 @@ use fhirlake_lake::background::BackgroundSync;
 use fhirlake_lake::sync::BatchLimits;
 use fhirlake_store::{Datastore, DatastoreStatus};
 use requests::{
-    DatastoreIdRequest, ListDatastoresRequest, ResourceArnRequest, TagResourceRequest,
-    UntagResourceRequest,
+    CreateDatastoreRequest, DatastoreIdRequest, ListDatastoresRequest, ResourceArnRequest,
+    TagResourceRequest, UntagResourceRequest,
 };
 
 /// How long a deleted data store stays describable (HealthLake: seven days).
@@ -260,51 +260,18 @@ impl ControlPlane {
     }
 
     /// CreateFHIRDatastore.
-    pub async fn create_datastore(&self, req: &Value, host: &str) -> Result<Value, ControlError> {
-        let req = shapes::object(req)?;
-        match req.get("DatastoreTypeVersion").and_then(Value::as_str) {
-            Some("R4") => {}
-            Some(other) => {
-                return Err(ControlError::Validation(format!(
-                    "1 validation error detected: Value '{other}' at 'datastoreTypeVersion' \
-                     failed to satisfy constraint: Member must satisfy enum value set: [R4]"
-                )));
-            }
-            None => return Err(shapes::missing("DatastoreTypeVersion")),
-        }
+    pub async fn create_datastore(
+        &self,
+        req: &CreateDatastoreRequest,
+        host: &str,
+    ) -> Result<Value, ControlError> {
         let store = &self.installation().store;
-        let token = shapes::client_token(req)?;
-        if let Some(token) = &token
+        if let Some(token) = &req.client_token
             && let Some(ds) = store.datastore_by_client_token(token).await?
         {
             let props = store.datastore_properties(&ds.id).await?;
             return Ok(self.create_response(&ds, &props, host));
         }
-        let display = match req.get("DatastoreName") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(shapes::name_field("DatastoreName", v, 256)?),
-        };
-        let preload = match req.get("PreloadDataConfig") {
-            None | Some(Value::Null) => None,
-            Some(v) => match v["PreloadDataType"].as_str() {
-                Some("SYNTHEA") => Some(v.clone()),
-                _ => {
-                    return Err(ControlError::Validation(
-                        "1 validation error detected: Value at 'preloadDataConfig.preloadDataType' \
-                         failed to satisfy constraint: Member must satisfy enum value set: [SYNTHEA]"
-                            .into(),
-                    ));
-                }
-            },
-        };
-        let sse = match req.get("SseConfiguration") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(shapes::sse(v)?),
-        };
-        let tags = match req.get("Tags") {
-            None | Some(Value::Null) => BTreeMap::new(),
-            Some(v) => shapes::tags(v)?,
-        };
         let live = store
             .list_datastores()
             .await?
@@ -325,10 +292,10 @@ impl ControlPlane {
         }
         self.rate_limit("CreateFHIRDatastore")?;
 
-        let base = display
-            .as_deref()
-            .map(sql_name)
-            .unwrap_or_else(|| format!("ds_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]));
+        let base =
+            req.name.as_deref().map(sql_name).unwrap_or_else(|| {
+                format!("ds_{}", &uuid::Uuid::new_v4().simple().to_string()[..8])
+            });
         let existing: Vec<String> = store
             .list_datastores()
             .await?
@@ -342,14 +309,14 @@ impl ControlPlane {
             n += 1;
         }
         let mut props = json!({
-            "DatastoreName": display,
-            "PreloadDataConfig": preload,
-            "IdentityProviderConfiguration": req.get("IdentityProviderConfiguration"),
-            "ClientToken": token,
-            "Tags": tags,
+            "DatastoreName": req.name,
+            "PreloadDataConfig": req.preload_synthea.then(|| json!({"PreloadDataType": "SYNTHEA"})),
+            "IdentityProviderConfiguration": req.identity_provider,
+            "ClientToken": req.client_token,
+            "Tags": req.tags,
         });
-        if let Some(sse) = sse {
-            props["SseConfiguration"] = sse;
+        if let Some(sse) = &req.sse {
+            props["SseConfiguration"] = sse.clone();
         }
         let ds = store
             .create_datastore_with(&name, DatastoreStatus::Creating, &props)

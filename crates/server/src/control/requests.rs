@@ -83,6 +83,21 @@ pub struct ListJobsRequest {
     pub page: Page,
 }
 
+/// CreateFHIRDatastore.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CreateDatastoreRequest {
+    /// `DatastoreName`: the name the user gave (the SQL name is derived from it).
+    pub name: Option<String>,
+    /// `PreloadDataConfig` with `PreloadDataType: SYNTHEA`.
+    pub preload_synthea: bool,
+    /// `SseConfiguration`, checked and recorded as given (the lake is not encrypted by us).
+    pub sse: Option<Value>,
+    /// `IdentityProviderConfiguration`, recorded as given.
+    pub identity_provider: Option<Value>,
+    pub tags: BTreeMap<String, String>,
+    pub client_token: Option<String>,
+}
+
 /// Where a job writes: HealthLake's `S3Configuration` (`S3Uri`, `KmsKeyId`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutputConfig {
@@ -118,6 +133,47 @@ pub struct StartImportRequest {
 
 fn required(req: &Value, member: &str) -> Result<String, ControlError> {
     Ok(shapes::required_str(shapes::object(req)?, member)?.to_string())
+}
+
+impl CreateDatastoreRequest {
+    pub fn parse(req: &Value) -> Result<Self, ControlError> {
+        let obj = shapes::object(req)?;
+        match obj.get("DatastoreTypeVersion").and_then(Value::as_str) {
+            Some("R4") => {}
+            Some(other) => {
+                return Err(ControlError::Validation(format!(
+                    "1 validation error detected: Value '{other}' at 'datastoreTypeVersion' \
+                     failed to satisfy constraint: Member must satisfy enum value set: [R4]"
+                )));
+            }
+            None => return Err(shapes::missing("DatastoreTypeVersion")),
+        }
+        let present = |m: &str| obj.get(m).filter(|v| !v.is_null());
+        let preload_synthea = match present("PreloadDataConfig") {
+            None => false,
+            Some(v) if v["PreloadDataType"] == "SYNTHEA" => true,
+            Some(_) => {
+                return Err(ControlError::Validation(
+                    "1 validation error detected: Value at 'preloadDataConfig.preloadDataType' \
+                     failed to satisfy constraint: Member must satisfy enum value set: [SYNTHEA]"
+                        .into(),
+                ));
+            }
+        };
+        Ok(Self {
+            client_token: shapes::client_token(obj)?,
+            name: present("DatastoreName")
+                .map(|v| shapes::name_field("DatastoreName", v, 256))
+                .transpose()?,
+            preload_synthea,
+            sse: present("SseConfiguration").map(shapes::sse).transpose()?,
+            identity_provider: present("IdentityProviderConfiguration").cloned(),
+            tags: match present("Tags") {
+                None => BTreeMap::new(),
+                Some(v) => shapes::tags(v)?,
+            },
+        })
+    }
 }
 
 impl StartJobRequest {
@@ -301,6 +357,27 @@ mod tests {
                 .unwrap();
         assert_eq!(filter.status, Some("ACTIVE"));
         assert_eq!(filter.page, Page::default());
+    }
+
+    #[test]
+    fn create_requests_check_version_preload_and_tags() {
+        let err = CreateDatastoreRequest::parse(&json!({"DatastoreTypeVersion": "R5"}))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[R4]"), "{err}");
+        let err = CreateDatastoreRequest::parse(&json!({"DatastoreTypeVersion": "R4",
+            "PreloadDataConfig": {"PreloadDataType": "OTHER"}}))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[SYNTHEA]"), "{err}");
+        let req = CreateDatastoreRequest::parse(&json!({"DatastoreTypeVersion": "R4",
+            "DatastoreName": "bar-store", "PreloadDataConfig": {"PreloadDataType": "SYNTHEA"},
+            "Tags": [{"Key": "team", "Value": "cardio"}], "ClientToken": "t-1"}))
+        .unwrap();
+        assert_eq!(req.name.as_deref(), Some("bar-store"));
+        assert!(req.preload_synthea);
+        assert_eq!(req.tags["team"], "cardio");
+        assert_eq!(req.client_token.as_deref(), Some("t-1"));
     }
 
     #[test]

@@ -72,7 +72,10 @@ pub async fn dispatch(
 ) -> Result<Value, ControlError> {
     use super::requests::*;
     match operation {
-        Operation::CreateDatastore => control.create_datastore(body, host).await,
+        Operation::CreateDatastore => {
+            let req = CreateDatastoreRequest::parse(body)?;
+            control.create_datastore(&req, host).await
+        }
         Operation::DescribeDatastore => {
             let req = DatastoreIdRequest::parse(body)?;
             control.describe_datastore(&req, host).await
