@@ -67,13 +67,17 @@ def start_moto(log_path):
                              "-p", str(port)], stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
     atexit.register(proc.terminate)
     endpoint = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    # The first answer can take seconds on a loaded machine (moto imports its services lazily),
+    # so a slow answer is waited for like a refused connection.
+    deadline = time.time() + 60
+    while True:
         try:
-            requests.get(endpoint, timeout=1)
-            break
-        except requests.ConnectionError:
+            requests.get(endpoint, timeout=5)
+            return endpoint
+        except requests.RequestException:
+            if time.time() > deadline or proc.poll() is not None:
+                sys.exit(f"moto's S3 server did not start (see {log_path})")
             time.sleep(0.1)
-    return endpoint
 
 
 def stop_server(proc):
