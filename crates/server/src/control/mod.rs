@@ -571,34 +571,42 @@ impl ControlPlane {
 
     /// TagResource.
     pub async fn tag_resource(&self, req: &TagResourceRequest) -> Result<Value, ControlError> {
-        let (ds, mut props) = self.datastore_of_arn(&req.resource_arn).await?;
-        let new = req.tags.clone();
-        let mut tags: BTreeMap<String, String> =
-            serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
-        tags.extend(new);
-        if tags.len() > shapes::MAX_TAGS {
-            return Err(ControlError::Validation(format!(
-                "A resource can have at most {} tags; this would make {}",
-                shapes::MAX_TAGS,
-                tags.len()
-            )));
-        }
-        props["Tags"] = json!(tags);
-        self.installation()
-            .store
-            .set_datastore_properties(&ds.id, &props)
-            .await?;
-        Ok(json!({}))
+        self.edit_tags(&req.resource_arn, |tags| {
+            tags.extend(req.tags.clone());
+            if tags.len() > shapes::MAX_TAGS {
+                return Err(ControlError::Validation(format!(
+                    "A resource can have at most {} tags; this would make {}",
+                    shapes::MAX_TAGS,
+                    tags.len()
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// UntagResource.
     pub async fn untag_resource(&self, req: &UntagResourceRequest) -> Result<Value, ControlError> {
-        let (ds, mut props) = self.datastore_of_arn(&req.resource_arn).await?;
+        self.edit_tags(&req.resource_arn, |tags| {
+            for key in &req.tag_keys {
+                tags.remove(key);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies `edit` to the tags of the data store `arn` names and records them; an error
+    /// from `edit` records nothing.
+    async fn edit_tags(
+        &self,
+        arn: &str,
+        edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), ControlError>,
+    ) -> Result<Value, ControlError> {
+        let (ds, mut props) = self.datastore_of_arn(arn).await?;
         let mut tags: BTreeMap<String, String> =
             serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
-        for key in &req.tag_keys {
-            tags.remove(key);
-        }
+        edit(&mut tags)?;
         props["Tags"] = json!(tags);
         self.installation()
             .store
