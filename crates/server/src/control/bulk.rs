@@ -25,8 +25,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::export_jobs::recorded_output;
 use super::location::Location;
+use super::records::JobRecord;
 use super::staging::export_output_name;
 use super::{ControlError, ControlPlane};
 use crate::export::{ExportRequest, ExportScope};
@@ -307,12 +307,13 @@ async fn kick_off(
             request,
             output,
             None,
-            json!({
-                "JobName": config["JobName"],
-                "DataAccessRoleArn": config["DataAccessRoleArn"],
-                "OutputDataConfig": config["OutputDataConfig"],
-                "Request": request_url,
-            }),
+            JobRecord {
+                job_name: config["JobName"].as_str().map(str::to_string),
+                data_access_role_arn: config["DataAccessRoleArn"].as_str().map(str::to_string),
+                output_data_config: serde_json::from_value(config["OutputDataConfig"].clone()).ok(),
+                request: Some(request_url),
+                ..JobRecord::default()
+            },
         )
         .await
     {
@@ -361,12 +362,10 @@ async fn status(
     };
     match job.status {
         JobStatus::Submitted | JobStatus::Queued | JobStatus::InProgress => {
-            let p = &job.properties["Progress"];
+            let p = JobRecord::of(&job).progress.unwrap_or_default();
             let progress = format!(
                 "{} resources, {}/{} resource types",
-                p["resources"].as_u64().unwrap_or(0),
-                p["typesDone"].as_u64().unwrap_or(0),
-                p["typesTotal"].as_u64().unwrap_or(0)
+                p.resources, p.types_done, p.types_total
             );
             let mut r = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&progress) {
@@ -378,23 +377,24 @@ async fn status(
         }
         JobStatus::Completed => {
             let base = base_url(&headers, &c, &ds);
-            let output: Vec<Value> = job.properties["Output"]
-                .as_array()
-                .into_iter()
+            let record = JobRecord::of(&job);
+            let output: Vec<Value> = record
+                .output
+                .iter()
                 .flatten()
                 .map(|f| {
                     json!({
-                        "type": f["type"],
-                        "url": format!("{base}export/{job_id}/{}", f["name"].as_str().unwrap_or("")),
-                        "count": f["count"],
+                        "type": f.resource_type,
+                        "url": format!("{base}export/{job_id}/{}", f.name),
+                        "count": f.count,
                     })
                 })
                 .collect();
             json_response(
                 StatusCode::OK,
                 &json!({
-                    "transactionTime": job.properties["TransactionTime"],
-                    "request": job.properties["Request"].as_str().unwrap_or_default(),
+                    "transactionTime": record.transaction_time,
+                    "request": record.request.unwrap_or_default(),
                     "requiresAccessToken": false,
                     "output": output,
                     "error": [],
@@ -411,10 +411,9 @@ async fn status(
         _ => outcome(
             StatusCode::INTERNAL_SERVER_ERROR,
             "exception",
-            job.properties["Message"]
-                .as_str()
-                .unwrap_or("the export failed")
-                .to_string(),
+            JobRecord::of(&job)
+                .message
+                .unwrap_or_else(|| "the export failed".to_string()),
         ),
     }
 }
@@ -428,7 +427,7 @@ async fn cancel(
     }
     match c.cancel_export_job(&ds, &job_id).await {
         Ok(job) => {
-            let mut props = ControlPlane::export_properties(&job);
+            let mut props = json!(ControlPlane::export_properties(&job));
             props["jobStatus"] = json!(job.status);
             json_response(StatusCode::ACCEPTED, &json!({"exportJobProperties": props}))
         }
@@ -449,11 +448,8 @@ async fn file(
         Ok(j) => j,
         Err(r) => return r,
     };
-    let listed = job.properties["Output"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|f| f["name"].as_str() == Some(name.as_str()));
+    let record = JobRecord::of(&job);
+    let listed = record.output.iter().flatten().any(|f| f.name == name);
     if !listed {
         return outcome(
             StatusCode::NOT_FOUND,
@@ -468,7 +464,7 @@ async fn file(
             format!("export file {name} is no longer available: {e}"),
         )
     };
-    let output = recorded_output(&job);
+    let output = record.export_output();
     let file = format!("{}/{name}", export_output_name(&ds, &job_id));
     let stream = match output.strip_prefix("file://") {
         Some(dir) => match tokio::fs::File::open(std::path::Path::new(dir).join(&file)).await {

@@ -1,8 +1,8 @@
 //! `fhirlake datastore ...`: the control-plane operations from the command line.
 //!
-//! Each subcommand builds the operation's request exactly as an AWS SDK would, runs it through
-//! the same [`dispatch`] as `POST /`, and prints the response: the JSON body unchanged with
-//! `--output json`, or a short table. Operations run in-process on the installation; those that
+//! Each subcommand builds the operation's typed request (checked with the same rules as the
+//! AWS JSON edge), runs it through the same [`ControlPlane::call`] as `POST /`, and prints the
+//! typed response: as the AWS API's JSON body with `--output json`, or a short table. Operations run in-process on the installation; those that
 //! finish in the background (a create with preload, a delete) are waited for, so the command
 //! returns once the data store is ACTIVE or DELETED.
 
@@ -10,12 +10,15 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::operation::Operation;
-use super::requests::DatastoreIdRequest;
-use super::wire::dispatch;
-use super::{ControlError, ControlPlane};
+use super::records::DatastoreState;
+use super::requests::{
+    CreateDatastoreRequest, DatastoreIdRequest, ListDatastoresRequest, Request, ResourceArnRequest,
+    TagResourceRequest, UntagResourceRequest,
+};
+use super::responses::{EpochSeconds, Response};
+use super::{ControlError, ControlPlane, shapes};
 
 /// How a response is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,75 +76,70 @@ pub enum DatastoreCommand {
     Tags { id: String },
 }
 
-fn parse_tags(tags: &[String]) -> Result<Vec<Value>, ControlError> {
-    tags.iter()
+fn parse_tags(tags: &[String]) -> Result<BTreeMap<String, String>, ControlError> {
+    let pairs = tags
+        .iter()
         .map(|t| {
-            let (k, v) = t.split_once('=').ok_or_else(|| {
+            t.split_once('=').ok_or_else(|| {
                 ControlError::Validation(format!("tag '{t}' is not of the form KEY=VALUE"))
-            })?;
-            Ok(json!({"Key": k, "Value": v}))
+            })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    shapes::tag_map(pairs)
 }
 
-/// The operation name and request body of a command.
-fn request(
-    control: &ControlPlane,
-    cmd: &DatastoreCommand,
-) -> Result<(Operation, Value), ControlError> {
+fn create_request(
+    name: &Option<String>,
+    preload: bool,
+    tags: &[String],
+    client_token: &Option<String>,
+) -> Result<CreateDatastoreRequest, ControlError> {
+    Ok(CreateDatastoreRequest {
+        name: name
+            .as_deref()
+            .map(|n| shapes::name("DatastoreName", n, 256))
+            .transpose()?,
+        preload_synthea: preload,
+        sse: None,
+        identity_provider: None,
+        tags: parse_tags(tags)?,
+        client_token: client_token.clone(),
+    })
+}
+
+/// The typed request of a command.
+fn request(control: &ControlPlane, cmd: &DatastoreCommand) -> Result<Request, ControlError> {
+    let id_request = |id: &String| DatastoreIdRequest {
+        datastore_id: id.clone(),
+    };
     Ok(match cmd {
         DatastoreCommand::Create {
             name,
             preload,
             tags,
             client_token,
-        } => {
-            let mut req = json!({"DatastoreTypeVersion": "R4"});
-            if let Some(n) = name {
-                req["DatastoreName"] = json!(n);
-            }
-            if preload.is_some() {
-                req["PreloadDataConfig"] = json!({"PreloadDataType": "SYNTHEA"});
-            }
-            if !tags.is_empty() {
-                req["Tags"] = json!(parse_tags(tags)?);
-            }
-            if let Some(t) = client_token {
-                req["ClientToken"] = json!(t);
-            }
-            (Operation::CreateDatastore, req)
-        }
-        DatastoreCommand::Describe { id } => {
-            (Operation::DescribeDatastore, json!({"DatastoreId": id}))
-        }
-        DatastoreCommand::List { name, status } => {
-            let mut filter = serde_json::Map::new();
-            if let Some(n) = name {
-                filter.insert("DatastoreName".into(), json!(n));
-            }
-            if let Some(s) = status {
-                filter.insert("DatastoreStatus".into(), json!(s.to_uppercase()));
-            }
-            let req = if filter.is_empty() {
-                json!({})
-            } else {
-                json!({"Filter": filter})
-            };
-            (Operation::ListDatastores, req)
-        }
-        DatastoreCommand::Delete { id } => (Operation::DeleteDatastore, json!({"DatastoreId": id})),
-        DatastoreCommand::Tag { id, tags } => (
-            Operation::TagResource,
-            json!({"ResourceARN": control.arn(id), "Tags": parse_tags(tags)?}),
-        ),
-        DatastoreCommand::Untag { id, keys } => (
-            Operation::UntagResource,
-            json!({"ResourceARN": control.arn(id), "TagKeys": keys}),
-        ),
-        DatastoreCommand::Tags { id } => (
-            Operation::ListTagsForResource,
-            json!({"ResourceARN": control.arn(id)}),
-        ),
+        } => Request::CreateDatastore(create_request(name, preload.is_some(), tags, client_token)?),
+        DatastoreCommand::Describe { id } => Request::DescribeDatastore(id_request(id)),
+        DatastoreCommand::List { name, status } => Request::ListDatastores(ListDatastoresRequest {
+            name: name.clone(),
+            status: status
+                .as_deref()
+                .map(|s| shapes::datastore_status(&s.to_uppercase()))
+                .transpose()?,
+            ..ListDatastoresRequest::default()
+        }),
+        DatastoreCommand::Delete { id } => Request::DeleteDatastore(id_request(id)),
+        DatastoreCommand::Tag { id, tags } => Request::TagResource(TagResourceRequest {
+            resource_arn: control.arn(id),
+            tags: parse_tags(tags)?,
+        }),
+        DatastoreCommand::Untag { id, keys } => Request::UntagResource(UntagResourceRequest {
+            resource_arn: control.arn(id),
+            tag_keys: keys.clone(),
+        }),
+        DatastoreCommand::Tags { id } => Request::ListTagsForResource(ResourceArnRequest {
+            resource_arn: control.arn(id),
+        }),
     })
 }
 
@@ -149,22 +147,15 @@ fn request(
 async fn wait_while(
     control: &ControlPlane,
     id: &str,
-    from: &str,
+    from: DatastoreState,
     host: &str,
-) -> Result<String, ControlError> {
+) -> Result<DatastoreState, ControlError> {
+    let request = DatastoreIdRequest {
+        datastore_id: id.to_string(),
+    };
     loop {
-        let out = control
-            .describe_datastore(
-                &DatastoreIdRequest {
-                    datastore_id: id.to_string(),
-                },
-                host,
-            )
-            .await?;
-        let status = out["DatastoreProperties"]["DatastoreStatus"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let out = control.describe_datastore(&request, host).await?;
+        let status = out.datastore_properties.datastore_status;
         if status != from {
             return Ok(status);
         }
@@ -181,32 +172,31 @@ pub async fn run(
     host: &str,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let (operation, req) = request(control, cmd)?;
-    let response = dispatch(control, operation, &req, host)
+    let fail = |e: ControlError| anyhow::anyhow!("{}: {e}", e.type_name());
+    let response = control
+        .call(&request(control, cmd).map_err(fail)?, host)
         .await
-        .map_err(|e| anyhow::anyhow!("{}: {e}", e.type_name()))?;
+        .map_err(fail)?;
     match output {
         Output::Json => writeln!(out, "{}", serde_json::to_string_pretty(&response)?)?,
         Output::Table => print_table(&response, out)?,
     }
     // Finish what the operation started in the background before the process exits.
-    let id = response["DatastoreId"].as_str().unwrap_or_default();
-    let waited = match (cmd, response["DatastoreStatus"].as_str()) {
-        (DatastoreCommand::Create { .. }, Some("CREATING")) => {
-            Some(wait_while(control, id, "CREATING", host).await?)
-        }
-        (DatastoreCommand::Delete { .. }, Some("DELETING")) => {
-            Some(wait_while(control, id, "DELETING", host).await?)
-        }
-        _ => None,
+    let Response::Datastore(started) = &response else {
+        return Ok(());
     };
-    if let Some(status) = waited {
-        eprintln!("data store {id} is now {status}");
-        if status != "ACTIVE" && status != "DELETED" {
-            anyhow::bail!(
-                "data store {id} ended {status}; `fhirlake datastore describe {id}` shows why"
-            );
+    let id = &started.datastore_id;
+    let status = match started.datastore_status {
+        from @ (DatastoreState::Creating | DatastoreState::Deleting) => {
+            wait_while(control, id, from, host).await.map_err(fail)?
         }
+        _ => return Ok(()),
+    };
+    eprintln!("data store {id} is now {status}");
+    if !matches!(status, DatastoreState::Active | DatastoreState::Deleted) {
+        anyhow::bail!(
+            "data store {id} ended {status}; `fhirlake datastore describe {id}` shows why"
+        );
     }
     Ok(())
 }
@@ -215,76 +205,90 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
-        Value::Number(n) => match n.as_f64() {
-            // Timestamps are epoch seconds on the wire; show them as dates.
-            Some(f) if f > 1e9 => chrono::DateTime::from_timestamp_millis((f * 1000.0) as i64)
-                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_else(|| n.to_string()),
-            _ => n.to_string(),
-        },
         other => other.to_string(),
     }
 }
 
-fn print_table(response: &Value, out: &mut dyn Write) -> std::io::Result<()> {
-    if let Some(list) = response["DatastorePropertiesList"].as_array() {
-        let columns = [
-            "DatastoreId",
-            "DatastoreName",
-            "DatastoreStatus",
-            "CreatedAt",
-        ];
-        let rows: Vec<Vec<String>> = list
-            .iter()
-            .map(|p| columns.iter().map(|c| scalar(&p[*c])).collect())
-            .collect();
-        let widths: Vec<usize> = columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                rows.iter()
-                    .map(|r| r[i].len())
-                    .chain([c.len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let line = |cells: Vec<&str>| {
-            cells
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        writeln!(out, "{}", line(columns.to_vec()).trim_end())?;
-        for r in &rows {
-            writeln!(
-                out,
-                "{}",
-                line(r.iter().map(String::as_str).collect()).trim_end()
-            )?;
-        }
-        return Ok(());
-    }
-    if let Some(tags) = response["Tags"].as_array() {
-        let tags: BTreeMap<String, String> = tags
-            .iter()
-            .map(|t| (scalar(&t["Key"]), scalar(&t["Value"])))
-            .collect();
-        for (k, v) in tags {
-            writeln!(out, "{k}={v}")?;
-        }
-        return Ok(());
-    }
-    let body = response
-        .get("DatastoreProperties")
-        .unwrap_or(response)
-        .as_object();
-    for (k, v) in body.into_iter().flatten() {
-        writeln!(out, "{k}: {}", scalar(v))?;
+/// Lines of aligned columns.
+fn print_columns(
+    columns: &[&str],
+    rows: &[Vec<String>],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([c.len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &mut dyn Iterator<Item = &str>| {
+        cells
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+    };
+    writeln!(out, "{}", line(&mut columns.iter().copied()).trim_end())?;
+    for r in rows {
+        writeln!(
+            out,
+            "{}",
+            line(&mut r.iter().map(String::as_str)).trim_end()
+        )?;
     }
     Ok(())
+}
+
+/// `key: value` lines of a response's members; times shown as RFC 3339.
+fn print_members(members: &impl serde::Serialize, out: &mut dyn Write) -> std::io::Result<()> {
+    let value = serde_json::to_value(members).map_err(std::io::Error::other)?;
+    for (k, v) in value.as_object().into_iter().flatten() {
+        let shown = match (k.as_str(), v.as_f64()) {
+            ("CreatedAt" | "SubmitTime" | "EndTime", Some(t)) => EpochSeconds(t).to_rfc3339(),
+            _ => scalar(v),
+        };
+        writeln!(out, "{k}: {shown}")?;
+    }
+    Ok(())
+}
+
+fn print_table(response: &Response, out: &mut dyn Write) -> std::io::Result<()> {
+    match response {
+        Response::ListDatastores(list) => {
+            let rows: Vec<Vec<String>> = list
+                .datastore_properties_list
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.datastore_id.clone(),
+                        p.datastore_name.clone(),
+                        p.datastore_status.to_string(),
+                        p.created_at.to_rfc3339(),
+                    ]
+                })
+                .collect();
+            let columns = [
+                "DatastoreId",
+                "DatastoreName",
+                "DatastoreStatus",
+                "CreatedAt",
+            ];
+            print_columns(&columns, &rows, out)
+        }
+        Response::ListTags(list) => {
+            for tag in &list.tags {
+                writeln!(out, "{}={}", tag.key, tag.value)?;
+            }
+            Ok(())
+        }
+        Response::DescribeDatastore(d) => print_members(&d.datastore_properties, out),
+        other => print_members(other, out),
+    }
 }
 
 #[cfg(test)]
@@ -293,21 +297,33 @@ mod tests {
 
     #[test]
     fn tags_need_a_key_and_value() {
-        assert_eq!(
-            parse_tags(&["a=b".into(), "c=".into()]).unwrap(),
-            vec![
-                json!({"Key": "a", "Value": "b"}),
-                json!({"Key": "c", "Value": ""})
-            ]
-        );
+        let tags = parse_tags(&["a=b".into(), "c=".into()]).unwrap();
+        assert_eq!(tags["a"], "b");
+        assert_eq!(tags["c"], "");
         assert!(parse_tags(&["novalue".into()]).is_err());
+        assert!(parse_tags(&["aws:x=1".into()]).is_err());
     }
 
     #[test]
     fn lists_print_as_aligned_columns() {
-        let response = json!({"DatastorePropertiesList": [
-            {"DatastoreId": "abc", "DatastoreName": "cohort", "DatastoreStatus": "ACTIVE", "CreatedAt": 1.7e9},
-        ]});
+        use super::super::records::SseConfiguration;
+        use super::super::responses::{DatastoreProperties, ListDatastoresResponse};
+        let response = Response::ListDatastores(ListDatastoresResponse {
+            datastore_properties_list: vec![DatastoreProperties {
+                datastore_id: "abc".into(),
+                datastore_arn: "arn".into(),
+                datastore_name: "cohort".into(),
+                datastore_status: DatastoreState::Active,
+                created_at: EpochSeconds(1.7e9),
+                datastore_type_version: "R4",
+                datastore_endpoint: "http://h/".into(),
+                sse_configuration: SseConfiguration::default(),
+                preload_data_config: None,
+                identity_provider_configuration: None,
+                error_cause: None,
+            }],
+            next_token: None,
+        });
         let mut out = Vec::new();
         print_table(&response, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();

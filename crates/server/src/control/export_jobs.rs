@@ -14,26 +14,18 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::jobs::with_optional_members;
+use super::jobs::summary;
 use super::location::Location;
+use super::records::{ExportCounters, ExportSpec, JobRecord, OutputDataConfig, S3Configuration};
 use super::requests::{JobIdRequest, ListJobsRequest, StartJobRequest};
+use super::responses::{
+    DescribeExportJobResponse, EpochSeconds, ExportJobProperties, JobSummary,
+    ListExportJobsResponse,
+};
 use super::staging::{Staging, export_output_name};
-use super::{ControlError, ControlPlane, epoch_seconds, now};
+use super::{ControlError, ControlPlane, now};
 use crate::export::{ExportError, ExportLimits, ExportProgress, ExportRequest, ExportScope};
 use fhirlake_store::{Datastore, DatastoreStatus, Job, JobKind, JobStatus};
-
-/// The output location recorded for `job` (a URI; jobs recorded before S3 support hold a
-/// plain local path).
-pub(crate) fn recorded_output(job: &Job) -> String {
-    let output = job.properties["Export"]["output"]
-        .as_str()
-        .unwrap_or_default();
-    if output.starts_with('/') {
-        format!("file://{output}")
-    } else {
-        output.to_string()
-    }
-}
 
 fn scope_json(scope: &ExportScope) -> Value {
     match scope {
@@ -45,7 +37,7 @@ fn scope_json(scope: &ExportScope) -> Value {
 
 impl ControlPlane {
     /// Records and starts an export job of `ds` into `output` (a checked location).
-    /// `properties` carry what the caller wants to show later (the SDK request members, or
+    /// `record` carries what the caller wants to show later (the SDK request members, or
     /// the FHIR kick-off URL).
     pub(crate) async fn start_export_job(
         &self,
@@ -53,7 +45,7 @@ impl ControlPlane {
         request: ExportRequest,
         output: Location,
         client_token: Option<String>,
-        mut properties: Value,
+        mut record: JobRecord,
     ) -> Result<Job, ControlError> {
         if ds.status != DatastoreStatus::Active {
             return Err(ControlError::Validation(format!(
@@ -62,13 +54,15 @@ impl ControlPlane {
                 ds.status.as_str()
             )));
         }
-        properties["Export"] = json!({
-            "scope": scope_json(&request.scope),
-            "types": request.types,
-            "since": request.since.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
-            "output": output.uri(),
+        record.export = Some(ExportSpec {
+            scope: scope_json(&request.scope),
+            types: request.types.clone(),
+            since: request
+                .since
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            output: output.uri(),
         });
-        let job = Job {
+        let mut job = Job {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
             datastore_id: ds.id.clone(),
             kind: JobKind::Export,
@@ -76,8 +70,9 @@ impl ControlPlane {
             submit_time: now(),
             end_time: None,
             client_token,
-            properties,
+            properties: Value::Null,
         };
+        record.store_in(&mut job);
         if let Err(running) = self.installation().store.insert_job(&job).await? {
             return Err(ControlError::Conflict(format!(
                 "Datastore {} already has a running {} job ({}); one import or export runs \
@@ -110,12 +105,15 @@ impl ControlPlane {
         let target = output.join(&export_output_name(&ds.id, &job.job_id));
         let dir = staging.writable(&target);
         let progress = Arc::new(ExportProgress::default());
+        let mut record = JobRecord::of(&job);
         let reporter = {
             let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
+            let mut record = record.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    job.properties["Progress"] = progress_json(&progress);
+                    record.progress = Some(counters(&progress));
+                    record.store_in(&mut job);
                     // A cancel recorded meanwhile must not be overwritten.
                     if let Ok(current) = store.job(&job.job_id).await {
                         job.status = current.status;
@@ -136,7 +134,7 @@ impl ControlPlane {
         .await;
         reporter.abort();
         self.unregister_cancel(&job.job_id);
-        job.properties["Progress"] = progress_json(&progress);
+        record.progress = Some(counters(&progress));
         job.end_time = Some(now());
         // Err(None): cancelled; Err(Some(message)): failed.
         let result: Result<_, Option<String>> = match result {
@@ -154,23 +152,25 @@ impl ControlPlane {
         match result {
             Ok(report) => {
                 job.status = JobStatus::Completed;
-                job.properties["TransactionTime"] = json!(report.transaction_time);
-                job.properties["Output"] = json!(report.files_json());
+                record.transaction_time = Some(report.transaction_time);
+                record.output = Some(report.files);
             }
             Err(Some(message)) => {
                 job.status = JobStatus::Failed;
-                job.properties["Message"] = json!(format!("Export failed: {message}"));
+                record.message = Some(format!("Export failed: {message}"));
             }
             Err(None) => {
                 job.status = JobStatus::CancelCompleted;
-                job.properties["Message"] = json!(match output {
-                    Location::Local(_) =>
+                record.message = Some(String::from(match output {
+                    Location::Local(_) => {
                         "The export was cancelled; files written before the cancel are left \
-                         in the output location.",
+                         in the output location."
+                    }
                     Location::S3(_) => "The export was cancelled; nothing was uploaded.",
-                });
+                }));
             }
         }
+        record.store_in(&mut job);
         if let Err(e) = store.update_job(&job).await {
             tracing::error!(job = %job.job_id, "cannot record the end of an export: {e}");
         }
@@ -209,7 +209,7 @@ impl ControlPlane {
     }
 
     /// StartFHIRExportJob.
-    pub async fn start_export(&self, req: &StartJobRequest) -> Result<Value, ControlError> {
+    pub async fn start_export(&self, req: &StartJobRequest) -> Result<JobSummary, ControlError> {
         let ds_id = req.datastore_id.as_str();
         let (ds, _) = self.visible_datastore(ds_id).await?;
         if let Some(response) = self.started_before(req, JobKind::Export).await? {
@@ -220,71 +220,91 @@ impl ControlPlane {
             &self.config().allowed_roots,
             "OutputDataConfig.S3Configuration.S3Uri",
         )?;
+        let record = JobRecord {
+            job_name: req.job_name.clone(),
+            output_data_config: Some(OutputDataConfig {
+                s3_configuration: req.output.clone(),
+            }),
+            data_access_role_arn: Some(req.data_access_role_arn.clone()),
+            ..JobRecord::default()
+        };
         let job = self
             .start_export_job(
                 &ds,
                 ExportRequest::system(),
                 output,
                 req.client_token.clone(),
-                json!({
-                    "JobName": req.job_name,
-                    "OutputDataConfig": req.output.to_json(),
-                    "DataAccessRoleArn": req.data_access_role_arn,
-                }),
+                record,
             )
             .await?;
-        Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id}))
+        Ok(summary(&job))
     }
 
-    pub(crate) fn export_properties(job: &Job) -> Value {
-        let p = &job.properties;
-        let mut out = json!({
-            "JobId": job.job_id,
-            "JobStatus": job.status,
-            "SubmitTime": epoch_seconds(&job.submit_time),
-            "DatastoreId": job.datastore_id,
-            "OutputDataConfig": if p["OutputDataConfig"].is_null() {
-                json!({"S3Configuration": {"S3Uri": recorded_output(job), "KmsKeyId": ""}})
-            } else {
-                p["OutputDataConfig"].clone()
-            },
-        });
-        with_optional_members(&mut out, job, &["JobName", "Message", "DataAccessRoleArn"]);
-        out
+    pub(crate) fn export_properties(job: &Job) -> ExportJobProperties {
+        let record = JobRecord::of(job);
+        let output_data_config =
+            record
+                .output_data_config
+                .clone()
+                .unwrap_or_else(|| OutputDataConfig {
+                    s3_configuration: S3Configuration {
+                        s3_uri: record.export_output(),
+                        kms_key_id: String::new(),
+                    },
+                });
+        ExportJobProperties {
+            job_id: job.job_id.clone(),
+            job_status: job.status,
+            submit_time: EpochSeconds::parse(&job.submit_time),
+            datastore_id: job.datastore_id.clone(),
+            output_data_config,
+            end_time: job.end_time.as_deref().map(EpochSeconds::parse),
+            job_name: record.job_name,
+            message: record.message,
+            data_access_role_arn: record.data_access_role_arn,
+        }
     }
 
     /// DescribeFHIRExportJob.
-    pub async fn describe_export(&self, req: &JobIdRequest) -> Result<Value, ControlError> {
+    pub async fn describe_export(
+        &self,
+        req: &JobIdRequest,
+    ) -> Result<DescribeExportJobResponse, ControlError> {
         let job = self.job_of(req, JobKind::Export).await?;
-        Ok(json!({ "ExportJobProperties": Self::export_properties(&job) }))
+        Ok(DescribeExportJobResponse {
+            export_job_properties: Self::export_properties(&job),
+        })
     }
 
     /// CancelFHIRExportJob (a fhirlake addition; see the module documentation).
-    pub async fn cancel_export(&self, req: &JobIdRequest) -> Result<Value, ControlError> {
+    pub async fn cancel_export(&self, req: &JobIdRequest) -> Result<JobSummary, ControlError> {
         let job = self.job_of(req, JobKind::Export).await?;
         let job = self
             .cancel_export_job(&job.datastore_id, &job.job_id)
             .await?;
-        Ok(json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": job.datastore_id}))
+        Ok(summary(&job))
     }
 
     /// ListFHIRExportJobs.
-    pub async fn list_exports(&self, req: &ListJobsRequest) -> Result<Value, ControlError> {
-        self.list_jobs_of(
-            req,
-            JobKind::Export,
-            Self::export_properties,
-            "ExportJobPropertiesList",
-        )
-        .await
+    pub async fn list_exports(
+        &self,
+        req: &ListJobsRequest,
+    ) -> Result<ListExportJobsResponse, ControlError> {
+        let (list, next_token) = self
+            .list_jobs_of(req, JobKind::Export, Self::export_properties)
+            .await?;
+        Ok(ListExportJobsResponse {
+            export_job_properties_list: list,
+            next_token,
+        })
     }
 }
 
-fn progress_json(progress: &ExportProgress) -> Value {
-    json!({
-        "resources": progress.resources.load(Ordering::Relaxed),
-        "bytes": progress.bytes.load(Ordering::Relaxed),
-        "typesDone": progress.types_done.load(Ordering::Relaxed),
-        "typesTotal": progress.types_total.load(Ordering::Relaxed),
-    })
+fn counters(progress: &ExportProgress) -> ExportCounters {
+    ExportCounters {
+        resources: progress.resources.load(Ordering::Relaxed),
+        bytes: progress.bytes.load(Ordering::Relaxed),
+        types_done: progress.types_done.load(Ordering::Relaxed),
+        types_total: progress.types_total.load(Ordering::Relaxed),
+    }
 }

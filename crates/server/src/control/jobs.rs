@@ -15,13 +15,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
 use super::location::Location;
+use super::records::{InputDataConfig, JobProgressReport, JobRecord, OutputDataConfig};
 use super::requests::{JobIdRequest, ListJobsRequest, StartImportRequest, StartJobRequest};
-use super::shapes;
+use super::responses::{
+    self, DescribeImportJobResponse, EpochSeconds, ImportJobProperties, JobSummary,
+    ListImportJobsResponse,
+};
 use super::staging::{Staging, import_report_name};
-use super::{ControlError, ControlPlane, epoch_seconds, now};
+use super::{ControlError, ControlPlane, now};
 use crate::ingest::{ImportOptions, ImportProgress};
 use fhirlake_store::{DatastoreStatus, Job, JobKind, JobStatus};
 
@@ -39,18 +41,6 @@ impl Default for ImportLimits {
             max_files: 10_000,
             max_file_bytes: 5 << 30,
             max_total_bytes: 500 << 30,
-        }
-    }
-}
-
-/// Adds a job's EndTime and those of `keys` its properties hold to a job description.
-pub(super) fn with_optional_members(out: &mut Value, job: &Job, keys: &[&str]) {
-    if let Some(end) = &job.end_time {
-        out["EndTime"] = epoch_seconds(end);
-    }
-    for key in keys {
-        if !job.properties[*key].is_null() {
-            out[*key] = job.properties[*key].clone();
         }
     }
 }
@@ -84,16 +74,25 @@ fn limit_error(files: &[(String, u64)], limits: &ImportLimits) -> Option<String>
     }
 }
 
-fn progress_report(progress: &ImportProgress, files: usize, bytes: u64) -> Value {
-    let scanned =
-        progress.resources.load(Ordering::Relaxed) + progress.errors.load(Ordering::Relaxed);
-    json!({
-        "TotalNumberOfScannedFiles": files,
-        "TotalSizeOfScannedFilesInMB": bytes as f64 / 1e6,
-        "TotalNumberOfResourcesScanned": scanned,
-        "TotalNumberOfResourcesImported": progress.resources.load(Ordering::Relaxed),
-        "TotalNumberOfResourcesWithCustomerError": progress.errors.load(Ordering::Relaxed),
-    })
+fn progress_report(progress: &ImportProgress, files: usize, bytes: u64) -> JobProgressReport {
+    let imported = progress.resources.load(Ordering::Relaxed);
+    let errors = progress.errors.load(Ordering::Relaxed);
+    JobProgressReport {
+        total_number_of_scanned_files: files as u64,
+        total_size_of_scanned_files_in_mb: bytes as f64 / 1e6,
+        total_number_of_resources_scanned: imported + errors,
+        total_number_of_resources_imported: imported,
+        total_number_of_resources_with_customer_error: errors,
+    }
+}
+
+/// The answer of a job start or cancel.
+pub(super) fn summary(job: &Job) -> JobSummary {
+    JobSummary {
+        job_id: job.job_id.clone(),
+        job_status: job.status,
+        datastore_id: job.datastore_id.clone(),
+    }
 }
 
 impl ControlPlane {
@@ -105,15 +104,19 @@ impl ControlPlane {
         for mut job in jobs.iter().cloned() {
             job.status = JobStatus::Failed;
             job.end_time = Some(now());
-            job.properties["Message"] = json!(match job.kind {
-                JobKind::Import =>
+            let mut record = JobRecord::of(&job);
+            record.message = Some(String::from(match job.kind {
+                JobKind::Import => {
                     "The server stopped while this job was running; resources \
                         imported before that are kept. Start the job again to import the rest \
-                        (re-importing is idempotent per resource id).",
-                JobKind::Export =>
+                        (re-importing is idempotent per resource id)."
+                }
+                JobKind::Export => {
                     "The server stopped while this job was running; files \
-                        written before that are incomplete. Start the export again.",
-            });
+                        written before that are incomplete. Start the export again."
+                }
+            }));
+            record.store_in(&mut job);
             store.update_job(&job).await?;
         }
         // Nothing runs yet: whatever interrupted jobs staged is garbage.
@@ -132,7 +135,7 @@ impl ControlPlane {
         &self,
         req: &StartJobRequest,
         kind: JobKind,
-    ) -> Result<Option<Value>, ControlError> {
+    ) -> Result<Option<JobSummary>, ControlError> {
         let Some(token) = &req.client_token else {
             return Ok(None);
         };
@@ -140,9 +143,7 @@ impl ControlPlane {
         let job = store
             .job_by_client_token(&req.datastore_id, kind, token)
             .await?;
-        Ok(job.map(|job| {
-            json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": req.datastore_id})
-        }))
+        Ok(job.as_ref().map(summary))
     }
 
     /// Where job `job_id` stages S3 input and output.
@@ -151,7 +152,7 @@ impl ControlPlane {
     }
 
     /// StartFHIRImportJob.
-    pub async fn start_import(&self, req: &StartImportRequest) -> Result<Value, ControlError> {
+    pub async fn start_import(&self, req: &StartImportRequest) -> Result<JobSummary, ControlError> {
         let ds_id = req.job.datastore_id.as_str();
         let (ds, _) = self.visible_datastore(ds_id).await?;
         if ds.status != DatastoreStatus::Active {
@@ -171,7 +172,18 @@ impl ControlPlane {
             roots,
             "JobOutputDataConfig.S3Configuration.S3Uri",
         )?;
-        let job = Job {
+        let record = JobRecord {
+            job_name: req.job.job_name.clone(),
+            input_data_config: Some(InputDataConfig {
+                s3_uri: req.input_s3_uri.clone(),
+            }),
+            job_output_data_config: Some(OutputDataConfig {
+                s3_configuration: req.job.output.clone(),
+            }),
+            data_access_role_arn: Some(req.job.data_access_role_arn.clone()),
+            ..JobRecord::default()
+        };
+        let mut job = Job {
             job_id: uuid::Uuid::new_v4().simple().to_string(),
             datastore_id: ds_id.to_string(),
             kind: JobKind::Import,
@@ -179,13 +191,9 @@ impl ControlPlane {
             submit_time: now(),
             end_time: None,
             client_token: req.job.client_token.clone(),
-            properties: json!({
-                "JobName": req.job.job_name,
-                "InputDataConfig": {"S3Uri": req.input_s3_uri},
-                "JobOutputDataConfig": req.job.output.to_json(),
-                "DataAccessRoleArn": req.job.data_access_role_arn,
-            }),
+            properties: serde_json::Value::Null,
         };
+        record.store_in(&mut job);
         if let Err(running) = store.insert_job(&job).await? {
             return Err(ControlError::Conflict(format!(
                 "Datastore {ds_id} already has a running {} job ({}); one import or export \
@@ -194,7 +202,7 @@ impl ControlPlane {
                 running.job_id
             )));
         }
-        let response = json!({"JobId": job.job_id, "JobStatus": job.status, "DatastoreId": ds_id});
+        let response = summary(&job);
         let this = self.clone();
         tokio::spawn(async move { this.run_import(job, ds, input, output).await });
         Ok(response)
@@ -218,8 +226,10 @@ impl ControlPlane {
         };
         job.status = status;
         job.end_time = Some(now());
-        if let Some(m) = message {
-            job.properties["Message"] = json!(m);
+        if message.is_some() {
+            let mut record = JobRecord::of(&job);
+            record.message = message;
+            record.store_in(&mut job);
         }
         if let Err(e) = self.installation().store.update_job(&job).await {
             tracing::error!(job = %job.job_id, "cannot record the end of a job: {e}");
@@ -252,13 +262,19 @@ impl ControlPlane {
         let report_dir = staging.writable(&output);
         let progress = Arc::new(ImportProgress::default());
         // Counters reach DescribeFHIRImportJob every two seconds while the job runs.
+        let record = JobRecord::of(job);
+        let report = move |job: &mut Job, progress: &ImportProgress| {
+            let mut record = record.clone();
+            record.job_progress_report = Some(progress_report(progress, file_count, total));
+            record.store_in(job);
+        };
         let reporter = {
             let (store, progress, mut job) = (store.clone(), progress.clone(), job.clone());
+            let report = report.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    job.properties["JobProgressReport"] =
-                        progress_report(&progress, file_count, total);
+                    report(&mut job, &progress);
                     let _ = store.update_job(&job).await;
                 }
             })
@@ -272,7 +288,7 @@ impl ControlPlane {
         )
         .await;
         reporter.abort();
-        job.properties["JobProgressReport"] = progress_report(&progress, file_count, total);
+        report(job, &progress);
         let report = result.map_err(|e| format!("Import failed: {e}"))?;
         staging
             .publish(&output)
@@ -292,36 +308,46 @@ impl ControlPlane {
         })
     }
 
-    fn import_properties(job: &Job) -> Value {
-        let p = &job.properties;
-        let mut out = json!({
-            "JobId": job.job_id,
-            "JobStatus": job.status,
-            "SubmitTime": epoch_seconds(&job.submit_time),
-            "DatastoreId": job.datastore_id,
-            "InputDataConfig": p["InputDataConfig"],
-            "JobOutputDataConfig": p["JobOutputDataConfig"],
-            "DataAccessRoleArn": p["DataAccessRoleArn"],
-        });
-        with_optional_members(&mut out, job, &["JobName", "Message", "JobProgressReport"]);
-        out
+    fn import_properties(job: &Job) -> ImportJobProperties {
+        let record = JobRecord::of(job);
+        ImportJobProperties {
+            job_id: job.job_id.clone(),
+            job_status: job.status,
+            submit_time: EpochSeconds::parse(&job.submit_time),
+            datastore_id: job.datastore_id.clone(),
+            input_data_config: record.input_data_config,
+            job_output_data_config: record.job_output_data_config,
+            data_access_role_arn: record.data_access_role_arn,
+            end_time: job.end_time.as_deref().map(EpochSeconds::parse),
+            job_name: record.job_name,
+            message: record.message,
+            job_progress_report: record.job_progress_report,
+        }
     }
 
     /// DescribeFHIRImportJob.
-    pub async fn describe_import(&self, req: &JobIdRequest) -> Result<Value, ControlError> {
+    pub async fn describe_import(
+        &self,
+        req: &JobIdRequest,
+    ) -> Result<DescribeImportJobResponse, ControlError> {
         let job = self.job_of(req, JobKind::Import).await?;
-        Ok(json!({ "ImportJobProperties": Self::import_properties(&job) }))
+        Ok(DescribeImportJobResponse {
+            import_job_properties: Self::import_properties(&job),
+        })
     }
 
     /// ListFHIRImportJobs.
-    pub async fn list_imports(&self, req: &ListJobsRequest) -> Result<Value, ControlError> {
-        self.list_jobs_of(
-            req,
-            JobKind::Import,
-            Self::import_properties,
-            "ImportJobPropertiesList",
-        )
-        .await
+    pub async fn list_imports(
+        &self,
+        req: &ListJobsRequest,
+    ) -> Result<ListImportJobsResponse, ControlError> {
+        let (list, next_token) = self
+            .list_jobs_of(req, JobKind::Import, Self::import_properties)
+            .await?;
+        Ok(ListImportJobsResponse {
+            import_job_properties_list: list,
+            next_token,
+        })
     }
 
     /// The job a Describe request names (`DatastoreId`, `JobId`), if it is of `kind`.
@@ -345,34 +371,34 @@ impl ControlPlane {
         Ok(job)
     }
 
-    /// A List request's page of the data store's jobs of `kind`, rendered by `show`, filtered
-    /// by `JobName`, `JobStatus`, `SubmittedBefore`/`SubmittedAfter`.
-    pub(super) async fn list_jobs_of(
+    /// A List request's page of the data store's jobs of `kind`, filtered by `JobName`,
+    /// `JobStatus`, `SubmittedBefore`/`SubmittedAfter`, each shown by `show`; and the token
+    /// of the next page.
+    pub(super) async fn list_jobs_of<T>(
         &self,
         req: &ListJobsRequest,
         kind: JobKind,
-        show: fn(&Job) -> Value,
-        member: &str,
-    ) -> Result<Value, ControlError> {
+        show: fn(&Job) -> T,
+    ) -> Result<(Vec<T>, Option<String>), ControlError> {
         let ds_id = req.datastore_id.as_str();
         self.visible_datastore(ds_id).await?;
         let name = req.job_name.as_deref();
         let (status, before, after) = (req.job_status, req.submitted_before, req.submitted_after);
-        let items: Vec<Value> = self
+        let items: Vec<T> = self
             .installation()
             .store
             .list_jobs(ds_id, kind)
             .await?
             .iter()
-            .filter(|job| status.is_none_or(|s| job.status == s))
-            .map(show)
-            .filter(|p| {
-                let submitted = p["SubmitTime"].as_f64().unwrap_or(0.0);
-                name.is_none_or(|n| p["JobName"].as_str() == Some(n))
+            .filter(|job| {
+                let submitted = EpochSeconds::parse(&job.submit_time).0;
+                status.is_none_or(|s| job.status == s)
+                    && name.is_none_or(|n| JobRecord::of(job).job_name.as_deref() == Some(n))
                     && before.is_none_or(|b| submitted < b)
                     && after.is_none_or(|a| submitted > a)
             })
+            .map(show)
             .collect();
-        Ok(shapes::paged(member, items, req.page.offset, req.page.max))
+        Ok(responses::page(items, req.page.offset, req.page.max))
     }
 }

@@ -7,8 +7,10 @@
 //! HealthLake.<Operation>`), so AWS SDKs and the AWS CLI work with an endpoint override; the
 //! CLI calls the same operations in-process.
 //!
-//! Requests and responses are JSON values in the operation's PascalCase shape (as the AWS
-//! API model defines them); each operation validates what it reads.
+//! Each operation takes a typed request ([`requests`]) and returns a typed response
+//! ([`responses`]) in the shapes of the AWS API model; JSON is parsed and written only at the
+//! AWS JSON 1.0 edge ([`wire`]) and by the CLI's `--output json`. What the control plane
+//! records about data stores and jobs is typed too ([`records`]).
 
 pub mod bulk;
 pub mod cli;
@@ -17,7 +19,9 @@ pub mod export_jobs;
 pub mod jobs;
 pub mod location;
 pub mod operation;
+pub mod records;
 pub mod requests;
+pub mod responses;
 mod shapes;
 pub mod sigv4;
 pub mod staging;
@@ -28,10 +32,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
-
 pub use error::ControlError;
-pub use shapes::epoch_seconds;
 
 use crate::installation::Installation;
 use crate::origin::HttpOrigin;
@@ -39,9 +40,14 @@ use crate::registry::Registry;
 use fhirlake_lake::background::BackgroundSync;
 use fhirlake_lake::sync::BatchLimits;
 use fhirlake_store::{Datastore, DatastoreStatus};
+use records::{DatastoreRecord, DatastoreState, ErrorCause, PreloadDataConfig, PreloadDataType};
 use requests::{
-    CreateDatastoreRequest, DatastoreIdRequest, ListDatastoresRequest, ResourceArnRequest,
+    CreateDatastoreRequest, DatastoreIdRequest, ListDatastoresRequest, Request, ResourceArnRequest,
     TagResourceRequest, UntagResourceRequest,
+};
+use responses::{
+    DatastoreProperties, DatastoreSummary, DescribeDatastoreResponse, Empty, EpochSeconds,
+    ListDatastoresResponse, ListTagsResponse, Response,
 };
 
 /// How long a deleted data store stays describable (HealthLake: seven days).
@@ -210,7 +216,10 @@ impl ControlPlane {
 
     /// The data store `id` as the control plane shows it; deleted ones past retention are
     /// gone.
-    async fn visible_datastore(&self, id: &str) -> Result<(Datastore, Value), ControlError> {
+    async fn visible_datastore(
+        &self,
+        id: &str,
+    ) -> Result<(Datastore, DatastoreRecord), ControlError> {
         let not_found = || ControlError::ResourceNotFound(format!("Datastore {id} not found"));
         shapes::check_id("DatastoreId", id)?;
         let ds = match self.installation().store.datastore(id).await {
@@ -222,41 +231,83 @@ impl ControlPlane {
             ) => return Err(not_found()),
             Err(e) => return Err(e.into()),
         };
-        let props = self.installation().store.datastore_properties(id).await?;
+        let record = self.record(id).await?;
         if ds.status == DatastoreStatus::Deleted
-            && let Some(deleted) = props["DeletedAt"].as_str()
+            && let Some(deleted) = &record.deleted_at
             && let Ok(at) = chrono::DateTime::parse_from_rfc3339(deleted)
             && chrono::Utc::now() - at.with_timezone(&chrono::Utc) > DELETED_RETENTION
         {
             return Err(not_found());
         }
-        Ok((ds, props))
+        Ok((ds, record))
+    }
+
+    async fn record(&self, id: &str) -> Result<DatastoreRecord, ControlError> {
+        DatastoreRecord::from_stored(&self.installation().store.datastore_properties(id).await?)
+    }
+
+    async fn save_record(&self, id: &str, record: &DatastoreRecord) -> Result<(), ControlError> {
+        let store = &self.installation().store;
+        Ok(store
+            .set_datastore_properties(id, &record.to_stored())
+            .await?)
     }
 
     /// `DatastoreProperties` of one data store.
-    fn properties(&self, ds: &Datastore, props: &Value, host: &str) -> Value {
-        let mut out = json!({
-            "DatastoreId": ds.id,
-            "DatastoreArn": self.arn(&ds.id),
-            "DatastoreName": props["DatastoreName"].as_str().unwrap_or(&ds.name),
-            "DatastoreStatus": props["Status"].as_str().unwrap_or(ds.status.as_str()),
-            "CreatedAt": epoch_seconds(&ds.created_at),
-            "DatastoreTypeVersion": "R4",
-            "DatastoreEndpoint": format!("http://{host}/datastore/{}/r4/", ds.id),
-            "SseConfiguration": props.get("SseConfiguration").cloned().unwrap_or_else(
-                || json!({"KmsEncryptionConfig": {"CmkType": "AWS_OWNED_KMS_KEY"}})
-            ),
-        });
-        for key in [
-            "PreloadDataConfig",
-            "IdentityProviderConfiguration",
-            "ErrorCause",
-        ] {
-            if let Some(v) = props.get(key).filter(|v| !v.is_null()) {
-                out[key] = v.clone();
-            }
+    fn properties(
+        &self,
+        ds: &Datastore,
+        record: &DatastoreRecord,
+        host: &str,
+    ) -> DatastoreProperties {
+        DatastoreProperties {
+            datastore_id: ds.id.clone(),
+            datastore_arn: self.arn(&ds.id),
+            datastore_name: record
+                .datastore_name
+                .clone()
+                .unwrap_or_else(|| ds.name.clone()),
+            datastore_status: record.status.unwrap_or(ds.status.into()),
+            created_at: EpochSeconds::parse(&ds.created_at),
+            datastore_type_version: "R4",
+            datastore_endpoint: format!("http://{host}/datastore/{}/r4/", ds.id),
+            sse_configuration: record.sse_configuration.clone().unwrap_or_default(),
+            preload_data_config: record.preload_data_config.clone(),
+            identity_provider_configuration: record.identity_provider_configuration.clone(),
+            error_cause: record.error_cause.clone(),
         }
-        out
+    }
+
+    /// Runs one operation.
+    pub async fn call(&self, request: &Request, host: &str) -> Result<Response, ControlError> {
+        Ok(match request {
+            Request::CreateDatastore(r) => {
+                Response::Datastore(self.create_datastore(r, host).await?)
+            }
+            Request::DescribeDatastore(r) => {
+                Response::DescribeDatastore(self.describe_datastore(r, host).await?)
+            }
+            Request::ListDatastores(r) => {
+                Response::ListDatastores(self.list_datastores(r, host).await?)
+            }
+            Request::DeleteDatastore(r) => {
+                Response::Datastore(self.delete_datastore(r, host).await?)
+            }
+            Request::TagResource(r) => Response::Empty(self.tag_resource(r).await?),
+            Request::UntagResource(r) => Response::Empty(self.untag_resource(r).await?),
+            Request::ListTagsForResource(r) => Response::ListTags(self.list_tags(r).await?),
+            Request::StartImportJob(r) => Response::Job(self.start_import(r).await?),
+            Request::DescribeImportJob(r) => {
+                Response::DescribeImportJob(self.describe_import(r).await?)
+            }
+            Request::ListImportJobs(r) => Response::ListImportJobs(self.list_imports(r).await?),
+            Request::StartExportJob(r) => Response::Job(self.start_export(r).await?),
+            Request::DescribeExportJob(r) => {
+                Response::DescribeExportJob(self.describe_export(r).await?)
+            }
+            Request::ListExportJobs(r) => Response::ListExportJobs(self.list_exports(r).await?),
+            Request::CancelExportJob(r) => Response::Job(self.cancel_export(r).await?),
+        })
     }
 
     /// CreateFHIRDatastore.
@@ -264,13 +315,13 @@ impl ControlPlane {
         &self,
         req: &CreateDatastoreRequest,
         host: &str,
-    ) -> Result<Value, ControlError> {
+    ) -> Result<DatastoreSummary, ControlError> {
         let store = &self.installation().store;
         if let Some(token) = &req.client_token
             && let Some(ds) = store.datastore_by_client_token(token).await?
         {
-            let props = store.datastore_properties(&ds.id).await?;
-            return Ok(self.create_response(&ds, &props, host));
+            let record = self.record(&ds.id).await?;
+            return Ok((&self.properties(&ds, &record, host)).into());
         }
         let live = store
             .list_datastores()
@@ -308,54 +359,44 @@ impl ControlPlane {
             name = format!("{base}_{n}");
             n += 1;
         }
-        let mut props = json!({
-            "DatastoreName": req.name,
-            "PreloadDataConfig": req.preload_synthea.then(|| json!({"PreloadDataType": "SYNTHEA"})),
-            "IdentityProviderConfiguration": req.identity_provider,
-            "ClientToken": req.client_token,
-            "Tags": req.tags,
-        });
-        if let Some(sse) = &req.sse {
-            props["SseConfiguration"] = sse.clone();
-        }
+        let record = DatastoreRecord {
+            datastore_name: req.name.clone(),
+            preload_data_config: req.preload_synthea.then_some(PreloadDataConfig {
+                preload_data_type: PreloadDataType::Synthea,
+            }),
+            identity_provider_configuration: req.identity_provider.clone(),
+            sse_configuration: req.sse.clone(),
+            client_token: req.client_token.clone(),
+            tags: req.tags.clone(),
+            ..DatastoreRecord::default()
+        };
         let ds = store
-            .create_datastore_with(&name, DatastoreStatus::Creating, &props)
+            .create_datastore_with(&name, DatastoreStatus::Creating, &record.to_stored())
             .await?;
-        let response = self.create_response(&ds, &props, host);
+        let response = (&self.properties(&ds, &record, host)).into();
         let this = self.clone();
-        tokio::spawn(async move { this.finish_create(ds, props).await });
+        tokio::spawn(async move { this.finish_create(ds, record).await });
         Ok(response)
     }
 
-    fn create_response(&self, ds: &Datastore, props: &Value, host: &str) -> Value {
-        let p = self.properties(ds, props, host);
-        json!({
-            "DatastoreId": p["DatastoreId"],
-            "DatastoreArn": p["DatastoreArn"],
-            "DatastoreStatus": p["DatastoreStatus"],
-            "DatastoreEndpoint": p["DatastoreEndpoint"],
-        })
-    }
-
     /// Loads the preload (if asked for), then makes the data store ACTIVE and serves it.
-    async fn finish_create(&self, ds: Datastore, mut props: Value) {
-        let inst = &self.installation();
-        let result = if props["PreloadDataConfig"].is_null() {
-            Ok(())
-        } else {
-            self.preload(&ds).await
+    async fn finish_create(&self, ds: Datastore, mut record: DatastoreRecord) {
+        let result = match record.preload_data_config {
+            None => Ok(()),
+            Some(_) => self.preload(&ds).await,
         };
         match result {
             Ok(()) => self.go_live(ds).await,
             Err(message) => {
                 tracing::error!(datastore = %ds.id, "data store creation failed: {message}");
-                props["Status"] = json!("CREATE_FAILED");
-                props["ErrorCause"] = json!({
-                    "ErrorMessage": message,
-                    "ErrorCategory": "NON_RETRYABLE_ERROR",
+                record.status = Some(DatastoreState::CreateFailed);
+                record.error_cause = Some(ErrorCause {
+                    error_message: message,
+                    error_category: "NON_RETRYABLE_ERROR".into(),
                 });
-                let _ = inst.store.set_datastore_properties(&ds.id, &props).await;
-                let _ = inst
+                let _ = self.save_record(&ds.id, &record).await;
+                let _ = self
+                    .installation()
                     .store
                     .set_datastore_status(&ds.id, DatastoreStatus::Deleted)
                     .await;
@@ -403,9 +444,11 @@ impl ControlPlane {
         &self,
         req: &DatastoreIdRequest,
         host: &str,
-    ) -> Result<Value, ControlError> {
-        let (ds, props) = self.visible_datastore(&req.datastore_id).await?;
-        Ok(json!({ "DatastoreProperties": self.properties(&ds, &props, host) }))
+    ) -> Result<DescribeDatastoreResponse, ControlError> {
+        let (ds, record) = self.visible_datastore(&req.datastore_id).await?;
+        Ok(DescribeDatastoreResponse {
+            datastore_properties: self.properties(&ds, &record, host),
+        })
     }
 
     /// ListFHIRDatastores.
@@ -413,18 +456,18 @@ impl ControlPlane {
         &self,
         req: &ListDatastoresRequest,
         host: &str,
-    ) -> Result<Value, ControlError> {
+    ) -> Result<ListDatastoresResponse, ControlError> {
         let name = req.name.as_deref();
         let (status, before, after) = (req.status, req.created_before, req.created_after);
         let mut all = Vec::new();
         for ds in self.installation().store.list_datastores().await? {
-            let Ok((ds, props)) = self.visible_datastore(&ds.id).await else {
+            let Ok((ds, record)) = self.visible_datastore(&ds.id).await else {
                 continue;
             };
-            let p = self.properties(&ds, &props, host);
-            let created = p["CreatedAt"].as_f64().unwrap_or(0.0);
-            if name.is_some_and(|n| p["DatastoreName"].as_str() != Some(n))
-                || status.is_some_and(|s| p["DatastoreStatus"].as_str() != Some(s))
+            let p = self.properties(&ds, &record, host);
+            let created = p.created_at.0;
+            if name.is_some_and(|n| p.datastore_name != n)
+                || status.is_some_and(|s| p.datastore_status != s)
                 || before.is_some_and(|b| created >= b)
                 || after.is_some_and(|a| created <= a)
             {
@@ -432,12 +475,11 @@ impl ControlPlane {
             }
             all.push(p);
         }
-        Ok(shapes::paged(
-            "DatastorePropertiesList",
-            all,
-            req.page.offset,
-            req.page.max,
-        ))
+        let (list, next_token) = responses::page(all, req.page.offset, req.page.max);
+        Ok(ListDatastoresResponse {
+            datastore_properties_list: list,
+            next_token,
+        })
     }
 
     /// DeleteFHIRDatastore: DELETING now; the data is removed in the background, then DELETED.
@@ -445,9 +487,9 @@ impl ControlPlane {
         &self,
         req: &DatastoreIdRequest,
         host: &str,
-    ) -> Result<Value, ControlError> {
+    ) -> Result<DatastoreSummary, ControlError> {
         let id = req.datastore_id.as_str();
-        let (ds, mut props) = self.visible_datastore(id).await?;
+        let (ds, mut record) = self.visible_datastore(id).await?;
         match ds.status {
             DatastoreStatus::Active => {}
             DatastoreStatus::Creating => {
@@ -490,15 +532,16 @@ impl ControlPlane {
             status: DatastoreStatus::Deleting,
             ..ds
         };
-        let response = self.create_response(&ds, &props, host);
+        let response = (&self.properties(&ds, &record, host)).into();
         let this = self.clone();
         tokio::spawn(async move {
             match this.purge(&ds).await {
                 Ok(()) => {
-                    props["DeletedAt"] = json!(now());
-                    let store = &this.installation().store;
-                    let _ = store.set_datastore_properties(&ds.id, &props).await;
-                    let _ = store
+                    record.deleted_at = Some(now());
+                    let _ = this.save_record(&ds.id, &record).await;
+                    let _ = this
+                        .installation()
+                        .store
                         .set_datastore_status(&ds.id, DatastoreStatus::Deleted)
                         .await;
                     tracing::info!(datastore = %ds.id, "data store DELETED");
@@ -554,7 +597,10 @@ impl ControlPlane {
     }
 
     /// The data store an ARN names.
-    async fn datastore_of_arn(&self, arn: &str) -> Result<(Datastore, Value), ControlError> {
+    async fn datastore_of_arn(
+        &self,
+        arn: &str,
+    ) -> Result<(Datastore, DatastoreRecord), ControlError> {
         let id = arn
             .strip_prefix(&format!(
                 "arn:aws:healthlake:{}:{}:datastore/fhir/",
@@ -570,7 +616,7 @@ impl ControlPlane {
     }
 
     /// TagResource.
-    pub async fn tag_resource(&self, req: &TagResourceRequest) -> Result<Value, ControlError> {
+    pub async fn tag_resource(&self, req: &TagResourceRequest) -> Result<Empty, ControlError> {
         self.edit_tags(&req.resource_arn, |tags| {
             tags.extend(req.tags.clone());
             if tags.len() > shapes::MAX_TAGS {
@@ -586,7 +632,7 @@ impl ControlPlane {
     }
 
     /// UntagResource.
-    pub async fn untag_resource(&self, req: &UntagResourceRequest) -> Result<Value, ControlError> {
+    pub async fn untag_resource(&self, req: &UntagResourceRequest) -> Result<Empty, ControlError> {
         self.edit_tags(&req.resource_arn, |tags| {
             for key in &req.tag_keys {
                 tags.remove(key);
@@ -602,29 +648,20 @@ impl ControlPlane {
         &self,
         arn: &str,
         edit: impl FnOnce(&mut BTreeMap<String, String>) -> Result<(), ControlError>,
-    ) -> Result<Value, ControlError> {
-        let (ds, mut props) = self.datastore_of_arn(arn).await?;
-        let mut tags: BTreeMap<String, String> =
-            serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
-        edit(&mut tags)?;
-        props["Tags"] = json!(tags);
-        self.installation()
-            .store
-            .set_datastore_properties(&ds.id, &props)
-            .await?;
-        Ok(json!({}))
+    ) -> Result<Empty, ControlError> {
+        let (ds, mut record) = self.datastore_of_arn(arn).await?;
+        edit(&mut record.tags)?;
+        self.save_record(&ds.id, &record).await?;
+        Ok(Empty {})
     }
 
     /// ListTagsForResource.
-    pub async fn list_tags(&self, req: &ResourceArnRequest) -> Result<Value, ControlError> {
-        let (_, props) = self.datastore_of_arn(&req.resource_arn).await?;
-        let tags: BTreeMap<String, String> =
-            serde_json::from_value(props["Tags"].clone()).unwrap_or_default();
-        let list: Vec<Value> = tags
-            .into_iter()
-            .map(|(k, v)| json!({"Key": k, "Value": v}))
-            .collect();
-        Ok(json!({ "Tags": list }))
+    pub async fn list_tags(
+        &self,
+        req: &ResourceArnRequest,
+    ) -> Result<ListTagsResponse, ControlError> {
+        let (_, record) = self.datastore_of_arn(&req.resource_arn).await?;
+        Ok(ListTagsResponse::new(&record.tags))
     }
 }
 

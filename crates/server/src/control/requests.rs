@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::ControlError;
+use super::operation::Operation;
+use super::records::{DatastoreState, S3Configuration, SseConfiguration};
 use super::shapes;
 use fhirlake_store::JobStatus;
 
@@ -37,7 +39,7 @@ pub struct DatastoreIdRequest {
 pub struct ListDatastoresRequest {
     pub name: Option<String>,
     /// A data store status name (`ACTIVE`, ..., or `CREATE_FAILED`).
-    pub status: Option<&'static str>,
+    pub status: Option<DatastoreState>,
     /// Epoch seconds.
     pub created_before: Option<f64>,
     pub created_after: Option<f64>,
@@ -91,25 +93,11 @@ pub struct CreateDatastoreRequest {
     /// `PreloadDataConfig` with `PreloadDataType: SYNTHEA`.
     pub preload_synthea: bool,
     /// `SseConfiguration`, checked and recorded as given (the lake is not encrypted by us).
-    pub sse: Option<Value>,
+    pub sse: Option<SseConfiguration>,
     /// `IdentityProviderConfiguration`, recorded as given.
     pub identity_provider: Option<Value>,
     pub tags: BTreeMap<String, String>,
     pub client_token: Option<String>,
-}
-
-/// Where a job writes: HealthLake's `S3Configuration` (`S3Uri`, `KmsKeyId`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutputConfig {
-    pub s3_uri: String,
-    pub kms_key_id: String,
-}
-
-impl OutputConfig {
-    /// The member as HealthLake's Describe operations show it.
-    pub fn to_json(&self) -> Value {
-        serde_json::json!({"S3Configuration": {"S3Uri": self.s3_uri, "KmsKeyId": self.kms_key_id}})
-    }
 }
 
 /// The members StartFHIRImportJob and StartFHIRExportJob share.
@@ -117,7 +105,7 @@ impl OutputConfig {
 pub struct StartJobRequest {
     pub datastore_id: String,
     /// `JobOutputDataConfig` (import: where the report goes) or `OutputDataConfig` (export).
-    pub output: OutputConfig,
+    pub output: S3Configuration,
     pub data_access_role_arn: String,
     pub job_name: Option<String>,
     pub client_token: Option<String>,
@@ -129,6 +117,56 @@ pub struct StartImportRequest {
     pub job: StartJobRequest,
     /// `InputDataConfig.S3Uri`: an `s3://` prefix or a `file://` directory.
     pub input_s3_uri: String,
+}
+
+/// A request of any operation, for callers that dispatch by operation: the AWS JSON 1.0
+/// edge parses one from the body, the CLI builds one from its arguments.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    CreateDatastore(CreateDatastoreRequest),
+    DescribeDatastore(DatastoreIdRequest),
+    ListDatastores(ListDatastoresRequest),
+    DeleteDatastore(DatastoreIdRequest),
+    TagResource(TagResourceRequest),
+    UntagResource(UntagResourceRequest),
+    ListTagsForResource(ResourceArnRequest),
+    StartImportJob(StartImportRequest),
+    DescribeImportJob(JobIdRequest),
+    ListImportJobs(ListJobsRequest),
+    StartExportJob(StartJobRequest),
+    DescribeExportJob(JobIdRequest),
+    ListExportJobs(ListJobsRequest),
+    CancelExportJob(JobIdRequest),
+}
+
+impl Request {
+    /// Parses and validates the JSON body of `operation`.
+    pub fn parse(operation: Operation, body: &Value) -> Result<Self, ControlError> {
+        Ok(match operation {
+            Operation::CreateDatastore => {
+                Self::CreateDatastore(CreateDatastoreRequest::parse(body)?)
+            }
+            Operation::DescribeDatastore => {
+                Self::DescribeDatastore(DatastoreIdRequest::parse(body)?)
+            }
+            Operation::ListDatastores => Self::ListDatastores(ListDatastoresRequest::parse(body)?),
+            Operation::DeleteDatastore => Self::DeleteDatastore(DatastoreIdRequest::parse(body)?),
+            Operation::TagResource => Self::TagResource(TagResourceRequest::parse(body)?),
+            Operation::UntagResource => Self::UntagResource(UntagResourceRequest::parse(body)?),
+            Operation::ListTagsForResource => {
+                Self::ListTagsForResource(ResourceArnRequest::parse(body)?)
+            }
+            Operation::StartImportJob => Self::StartImportJob(StartImportRequest::parse(body)?),
+            Operation::DescribeImportJob => Self::DescribeImportJob(JobIdRequest::parse(body)?),
+            Operation::ListImportJobs => Self::ListImportJobs(ListJobsRequest::parse(body)?),
+            Operation::StartExportJob => {
+                Self::StartExportJob(StartJobRequest::parse(body, "OutputDataConfig")?)
+            }
+            Operation::DescribeExportJob => Self::DescribeExportJob(JobIdRequest::parse(body)?),
+            Operation::ListExportJobs => Self::ListExportJobs(ListJobsRequest::parse(body)?),
+            Operation::CancelExportJob => Self::CancelExportJob(JobIdRequest::parse(body)?),
+        })
+    }
 }
 
 fn required(req: &Value, member: &str) -> Result<String, ControlError> {
@@ -196,7 +234,7 @@ impl StartJobRequest {
         };
         Ok(Self {
             datastore_id,
-            output: OutputConfig {
+            output: S3Configuration {
                 s3_uri: s3_uri.to_string(),
                 kms_key_id: kms_key_id.to_string(),
             },
@@ -355,7 +393,7 @@ mod tests {
         let filter =
             ListDatastoresRequest::parse(&json!({"Filter": {"DatastoreStatus": "ACTIVE"}}))
                 .unwrap();
-        assert_eq!(filter.status, Some("ACTIVE"));
+        assert_eq!(filter.status, Some(DatastoreState::Active));
         assert_eq!(filter.page, Page::default());
     }
 
@@ -397,8 +435,11 @@ mod tests {
         assert_eq!(req.input_s3_uri, "s3://b/in");
         assert_eq!(req.job.job_name.as_deref(), Some("nightly"));
         assert_eq!(
-            req.job.output.to_json(),
-            json!({"S3Configuration": {"S3Uri": "s3://b/out", "KmsKeyId": "k"}})
+            req.job.output,
+            S3Configuration {
+                s3_uri: "s3://b/out".into(),
+                kms_key_id: "k".into()
+            }
         );
         let export = StartJobRequest::parse(&ok, "OutputDataConfig").unwrap_err();
         assert!(

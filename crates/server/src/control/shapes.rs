@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use super::ControlError;
-use fhirlake_store::DatastoreStatus;
+use super::records::{CmkType, DatastoreState, KmsEncryptionConfig, SseConfiguration};
 
 /// Most tags on one resource (the guide: fifty).
 pub const MAX_TAGS: usize = 50;
@@ -81,6 +81,11 @@ pub fn name_field(member: &str, v: &Value, max: usize) -> Result<String, Control
     let s = v
         .as_str()
         .ok_or_else(|| constraint(member, &v.to_string(), "Member must be a string"))?;
+    name(member, s, max)
+}
+
+/// A DatastoreName or JobName given as text.
+pub fn name(member: &str, s: &str, max: usize) -> Result<String, ControlError> {
     let len = s.chars().count();
     if len == 0 || len > max {
         return Err(constraint(
@@ -120,19 +125,40 @@ pub fn client_token(req: &Map<String, Value>) -> Result<Option<String>, ControlE
     }
 }
 
-/// SseConfiguration, recorded as given after checking its shape (encryption at rest is the
-/// file system's business here).
-pub fn sse(v: &Value) -> Result<Value, ControlError> {
-    let cmk = v["KmsEncryptionConfig"]["CmkType"].as_str();
-    match cmk {
-        Some("AWS_OWNED_KMS_KEY") | Some("CUSTOMER_MANAGED_KMS_KEY") => Ok(v.clone()),
-        Some(other) => Err(constraint(
-            "SseConfiguration.KmsEncryptionConfig.CmkType",
-            other,
-            "Member must satisfy enum value set: [CUSTOMER_MANAGED_KMS_KEY, AWS_OWNED_KMS_KEY]",
-        )),
-        None => Err(missing("SseConfiguration.KmsEncryptionConfig.CmkType")),
-    }
+/// SseConfiguration, recorded after checking its shape (encryption at rest is the file
+/// system's business here).
+pub fn sse(v: &Value) -> Result<SseConfiguration, ControlError> {
+    let config = &v["KmsEncryptionConfig"];
+    let cmk_type = match config["CmkType"].as_str() {
+        Some("AWS_OWNED_KMS_KEY") => CmkType::AwsOwnedKmsKey,
+        Some("CUSTOMER_MANAGED_KMS_KEY") => CmkType::CustomerManagedKmsKey,
+        Some(other) => {
+            return Err(constraint(
+                "SseConfiguration.KmsEncryptionConfig.CmkType",
+                other,
+                "Member must satisfy enum value set: [CUSTOMER_MANAGED_KMS_KEY, \
+                 AWS_OWNED_KMS_KEY]",
+            ));
+        }
+        None => return Err(missing("SseConfiguration.KmsEncryptionConfig.CmkType")),
+    };
+    let kms_key_id = match &config["KmsKeyId"] {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => {
+            return Err(constraint(
+                "SseConfiguration.KmsEncryptionConfig.KmsKeyId",
+                &other.to_string(),
+                "Member must be a string",
+            ));
+        }
+    };
+    Ok(SseConfiguration {
+        kms_encryption_config: KmsEncryptionConfig {
+            cmk_type,
+            kms_key_id,
+        },
+    })
 }
 
 /// A tag list with the guide's rules: keys 1-128, values 0-256, the allowed characters,
@@ -141,7 +167,7 @@ pub fn tags(v: &Value) -> Result<BTreeMap<String, String>, ControlError> {
     let list = v
         .as_array()
         .ok_or_else(|| ControlError::Validation("Tags must be a list of {Key, Value}".into()))?;
-    let mut out = BTreeMap::new();
+    let mut pairs = Vec::with_capacity(list.len());
     for tag in list {
         let key = tag["Key"]
             .as_str()
@@ -149,6 +175,17 @@ pub fn tags(v: &Value) -> Result<BTreeMap<String, String>, ControlError> {
         let value = tag["Value"]
             .as_str()
             .ok_or_else(|| missing("Tags.member.Value"))?;
+        pairs.push((key, value));
+    }
+    tag_map(pairs)
+}
+
+/// Tags given as (key, value) pairs, checked with the rules of [`tags`].
+pub fn tag_map<'a>(
+    pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<BTreeMap<String, String>, ControlError> {
+    let mut out = BTreeMap::new();
+    for (key, value) in pairs {
         let key_len = key.chars().count();
         if key_len == 0 || key_len > 128 {
             return Err(constraint(
@@ -196,20 +233,15 @@ pub fn tags(v: &Value) -> Result<BTreeMap<String, String>, ControlError> {
     Ok(out)
 }
 
-pub fn datastore_status(s: &str) -> Result<&'static str, ControlError> {
-    match s {
-        "CREATE_FAILED" => Ok("CREATE_FAILED"),
-        other => DatastoreStatus::from_name(other)
-            .map(DatastoreStatus::as_str)
-            .ok_or_else(|| {
-                constraint(
-                    "Filter.DatastoreStatus",
-                    other,
-                    "Member must satisfy enum value set: [CREATING, ACTIVE, DELETING, DELETED, \
-                     CREATE_FAILED]",
-                )
-            }),
-    }
+pub fn datastore_status(s: &str) -> Result<DatastoreState, ControlError> {
+    DatastoreState::from_name(s).ok_or_else(|| {
+        constraint(
+            "Filter.DatastoreStatus",
+            s,
+            "Member must satisfy enum value set: [CREATING, ACTIVE, DELETING, DELETED, \
+             CREATE_FAILED]",
+        )
+    })
 }
 
 /// A timestamp member: epoch seconds (what SDKs send in the JSON protocol) or RFC 3339.
@@ -254,28 +286,10 @@ pub fn page(req: &Map<String, Value>) -> Result<(usize, usize), ControlError> {
     Ok((offset, max))
 }
 
-/// One page of `items` under `member`, with a NextToken when more remain.
-pub fn paged(member: &str, items: Vec<Value>, offset: usize, max: usize) -> Value {
-    let total = items.len();
-    let page: Vec<Value> = items.into_iter().skip(offset).take(max).collect();
-    let mut out = json!({ member: page });
-    if offset + max < total {
-        out["NextToken"] = json!(format!("offset-{}", offset + max));
-    }
-    out
-}
-
-/// An RFC 3339 time as the JSON protocol's timestamp: epoch seconds with milliseconds.
-pub fn epoch_seconds(rfc3339: &str) -> Value {
-    match chrono::DateTime::parse_from_rfc3339(rfc3339) {
-        Ok(t) => json!(t.timestamp_millis() as f64 / 1000.0),
-        Err(_) => Value::Null,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn tag_rules() {
@@ -299,18 +313,17 @@ mod tests {
     }
 
     #[test]
-    fn pages_carry_a_next_token() {
-        let items: Vec<Value> = (0..5).map(|i| json!(i)).collect();
-        let first = paged("L", items.clone(), 0, 2);
-        assert_eq!(first["L"], json!([0, 1]));
-        let token = first["NextToken"].as_str().unwrap();
-        let req = json!({"NextToken": token, "MaxResults": 2});
-        let (offset, max) = page(req.as_object().unwrap()).unwrap();
-        assert_eq!(paged("L", items.clone(), offset, max)["L"], json!([2, 3]));
-        let last = paged("L", items, 4, 2);
-        assert!(last.get("NextToken").is_none());
+    fn pages_are_bounded() {
+        let (offset, max) = page(
+            json!({"NextToken": "offset-4", "MaxResults": 2})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!((offset, max), (4, 2));
         assert!(page(json!({"MaxResults": 501}).as_object().unwrap()).is_err());
         assert!(page(json!({"MaxResults": 0}).as_object().unwrap()).is_err());
+        assert!(page(json!({"NextToken": "x"}).as_object().unwrap()).is_err());
     }
 
     #[test]
@@ -318,9 +331,5 @@ mod tests {
         assert!(name_field("DatastoreName", &json!("Test_Data_Store"), 256).is_ok());
         assert!(name_field("DatastoreName", &json!("a#b"), 256).is_err());
         assert!(name_field("DatastoreName", &json!(""), 256).is_err());
-        assert_eq!(
-            epoch_seconds("2020-11-17T00:46:43.209Z"),
-            json!(1605574003.209)
-        );
     }
 }

@@ -16,6 +16,7 @@ use axum::routing::post;
 use serde_json::{Value, json};
 
 use super::operation::Operation;
+use super::requests::Request;
 use super::{ControlError, ControlPlane};
 
 /// The content type of the protocol.
@@ -63,61 +64,6 @@ fn error_reply(e: &ControlError) -> Response {
     )
 }
 
-/// Runs one operation by name on a parsed body.
-pub async fn dispatch(
-    control: &ControlPlane,
-    operation: Operation,
-    body: &Value,
-    host: &str,
-) -> Result<Value, ControlError> {
-    use super::requests::*;
-    match operation {
-        Operation::CreateDatastore => {
-            let req = CreateDatastoreRequest::parse(body)?;
-            control.create_datastore(&req, host).await
-        }
-        Operation::DescribeDatastore => {
-            let req = DatastoreIdRequest::parse(body)?;
-            control.describe_datastore(&req, host).await
-        }
-        Operation::ListDatastores => {
-            let req = ListDatastoresRequest::parse(body)?;
-            control.list_datastores(&req, host).await
-        }
-        Operation::DeleteDatastore => {
-            let req = DatastoreIdRequest::parse(body)?;
-            control.delete_datastore(&req, host).await
-        }
-        Operation::TagResource => {
-            control
-                .tag_resource(&TagResourceRequest::parse(body)?)
-                .await
-        }
-        Operation::UntagResource => {
-            control
-                .untag_resource(&UntagResourceRequest::parse(body)?)
-                .await
-        }
-        Operation::ListTagsForResource => {
-            control.list_tags(&ResourceArnRequest::parse(body)?).await
-        }
-        Operation::StartImportJob => {
-            control
-                .start_import(&StartImportRequest::parse(body)?)
-                .await
-        }
-        Operation::DescribeImportJob => control.describe_import(&JobIdRequest::parse(body)?).await,
-        Operation::ListImportJobs => control.list_imports(&ListJobsRequest::parse(body)?).await,
-        Operation::StartExportJob => {
-            let req = StartJobRequest::parse(body, "OutputDataConfig")?;
-            control.start_export(&req).await
-        }
-        Operation::DescribeExportJob => control.describe_export(&JobIdRequest::parse(body)?).await,
-        Operation::ListExportJobs => control.list_exports(&ListJobsRequest::parse(body)?).await,
-        Operation::CancelExportJob => control.cancel_export(&JobIdRequest::parse(body)?).await,
-    }
-}
-
 async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = authenticate(&control, &headers, &body) {
         return error_reply(&e);
@@ -158,9 +104,13 @@ async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: B
             }
         }
     };
+    let request = match Request::parse(operation, &parsed) {
+        Ok(r) => r,
+        Err(e) => return error_reply(&e),
+    };
     let host = control.origin().host(&headers).to_string();
-    match dispatch(&control, operation, &parsed, &host).await {
-        Ok(out) => reply(StatusCode::OK, &out),
+    match control.call(&request, &host).await {
+        Ok(out) => reply(StatusCode::OK, &json!(out)),
         Err(e) => {
             if matches!(e, ControlError::Internal(_)) {
                 tracing::error!(%operation, "control plane: {e}");

@@ -82,12 +82,14 @@ pub struct ExportProgress {
 }
 
 /// One written file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ExportedFile {
+    #[serde(rename = "type")]
     pub resource_type: String,
     /// File name within the export directory (`Observation-2.ndjson`).
     pub name: String,
     pub count: u64,
+    #[serde(default)]
     pub bytes: u64,
 }
 
@@ -111,17 +113,6 @@ impl ExportReport {
         self.files.iter().map(|f| f.bytes).sum()
     }
 
-    /// The files as `{type, name, count, bytes}` objects.
-    pub fn files_json(&self) -> Vec<serde_json::Value> {
-        self.files
-            .iter()
-            .map(|f| {
-                serde_json::json!({"type": f.resource_type, "name": f.name, "count": f.count,
-                                   "bytes": f.bytes})
-            })
-            .collect()
-    }
-
     /// Writes `manifest.json` into `dir`, next to the files it lists.
     pub async fn write_manifest(
         &self,
@@ -136,7 +127,7 @@ impl ExportReport {
             "seconds": self.seconds,
             "numberOfResourcesExported": self.resources(),
             "bytesExported": self.bytes(),
-            "output": self.files_json(),
+            "output": self.files,
         });
         let path = dir.join("manifest.json");
         let text = serde_json::to_vec_pretty(&manifest).expect("JSON values serialize");
