@@ -7,9 +7,11 @@
 pub mod background;
 pub mod commit;
 pub mod compact;
+pub mod exec;
 pub mod flatten;
 pub mod lock;
 pub mod provider;
+pub mod relabel;
 pub mod s3;
 pub mod scan;
 pub mod sync;

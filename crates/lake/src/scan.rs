@@ -53,7 +53,7 @@ pub struct SnapshotFiles {
     /// The table's storage, for files not on the local file system.
     file_io: FileIO,
     /// The runtime object-store reads run on; scans themselves run on blocking threads.
-    runtime: tokio::runtime::Handle,
+    pub(crate) runtime: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for SnapshotFiles {
@@ -67,7 +67,7 @@ impl std::fmt::Debug for SnapshotFiles {
 
 impl SnapshotFiles {
     /// An async reader of a file in an object store.
-    fn remote(&self, file: &ScanFile) -> Result<ArrowFileReader, LakeError> {
+    pub(crate) fn remote(&self, file: &ScanFile) -> Result<ArrowFileReader, LakeError> {
         let input = self.file_io.new_input(&file.path)?;
         let reader = self.runtime.block_on(input.reader())?;
         Ok(ArrowFileReader::new(
@@ -92,9 +92,9 @@ pub struct Probe<'a> {
 /// A parsed footer and the FHIR path of each of its leaf columns (list wrappers removed),
 /// derived once per file rather than on every scan.
 #[derive(Clone)]
-struct Footer {
-    metadata: ArrowReaderMetadata,
-    leaf_paths: Arc<Vec<String>>,
+pub(crate) struct Footer {
+    pub(crate) metadata: ArrowReaderMetadata,
+    pub(crate) leaf_paths: Arc<Vec<String>>,
 }
 
 /// Cached snapshot plans, footers and decoded leaves; cheap to clone (shared caches).
@@ -166,7 +166,7 @@ fn local_path(uri: &str) -> Option<&str> {
     }
 }
 
-fn lake_err(what: &str, e: impl std::fmt::Display) -> LakeError {
+pub(crate) fn lake_err(what: &str, e: impl std::fmt::Display) -> LakeError {
     LakeError::Background(format!("{what}: {e}"))
 }
 
@@ -432,7 +432,11 @@ impl LeafScanner {
         Ok(batches)
     }
 
-    fn footer(&self, files: &SnapshotFiles, file: &ScanFile) -> Result<Footer, LakeError> {
+    pub(crate) fn footer(
+        &self,
+        files: &SnapshotFiles,
+        file: &ScanFile,
+    ) -> Result<Footer, LakeError> {
         let path = file.path.as_str();
         if let Some(m) = self.footers.lock().expect("footer cache").get(path) {
             return Ok(m.clone());

@@ -15,6 +15,7 @@ mod cooperative;
 pub mod dialect;
 pub mod functions;
 pub mod lowercase;
+mod nested;
 
 use std::sync::Arc;
 
@@ -201,6 +202,7 @@ impl SqlEngine {
         let mut state = SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
+            .with_optimizer_rule(Arc::new(nested::NestedProjection))
             .with_physical_optimizer_rule(Arc::new(cooperative::YieldAfterJoins))
             .build();
         functions::register(&mut state).map_err(SqlError::Plan)?;

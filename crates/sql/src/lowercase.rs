@@ -12,11 +12,11 @@
 //! them); leaf buffers are shared as they are.
 
 use std::any::Any;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayData, ArrayRef, RecordBatch, RecordBatchOptions, make_array};
+use arrow::array::{RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, FieldRef, Fields, Schema, SchemaRef};
 use arrow::error::ArrowError;
 use async_trait::async_trait;
@@ -31,6 +31,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
+use fhirlake_lake::provider::LakeTable;
+use fhirlake_lake::relabel::relabel_array;
 use futures::StreamExt;
 
 use super::SqlError;
@@ -74,9 +76,14 @@ fn lowercase_field(field: &Field, name: String, path: &str) -> Result<FieldRef, 
 
 /// `data_type` with every nested field name lower-cased.
 fn lowercase_type(data_type: &DataType, path: &str) -> Result<DataType, SqlError> {
-    // List element fields keep their own name (`element`, `item`): it is not addressable in
-    // SQL, and keeping it avoids needless re-typing of lists of primitives.
+    // List elements get Arrow's canonical field (`item`, no metadata): the name is not
+    // addressable in SQL, and DataFusion's list functions coerce their arguments to that
+    // canonical type, so any other spelling would make every `name[1]` a cast (a copy).
     let element = |f: &FieldRef| -> Result<FieldRef, SqlError> {
+        let data_type = lowercase_type(f.data_type(), path)?;
+        Ok(Arc::new(Field::new_list_field(data_type, f.is_nullable())))
+    };
+    let map_entry = |f: &FieldRef| -> Result<FieldRef, SqlError> {
         let data_type = lowercase_type(f.data_type(), path)?;
         Ok(Arc::new(
             Field::new(f.name(), data_type, f.is_nullable()).with_metadata(f.metadata().clone()),
@@ -89,7 +96,7 @@ fn lowercase_type(data_type: &DataType, path: &str) -> Result<DataType, SqlError
         DataType::ListView(f) => DataType::ListView(element(f)?),
         DataType::LargeListView(f) => DataType::LargeListView(element(f)?),
         DataType::FixedSizeList(f, n) => DataType::FixedSizeList(element(f)?, *n),
-        DataType::Map(f, sorted) => DataType::Map(element(f)?, *sorted),
+        DataType::Map(f, sorted) => DataType::Map(map_entry(f)?, *sorted),
         DataType::Dictionary(k, v) => {
             DataType::Dictionary(k.clone(), Box::new(lowercase_type(v, path)?))
         }
@@ -103,58 +110,6 @@ pub fn lowercase_schema(schema: &Schema) -> Result<Schema, SqlError> {
         lowercase_fields(schema.fields(), "")?,
         schema.metadata().clone(),
     ))
-}
-
-/// Child types of `data_type` in the order of `ArrayData::child_data`.
-fn child_types(data_type: &DataType) -> Vec<DataType> {
-    match data_type {
-        DataType::Struct(fields) => fields.iter().map(|f| f.data_type().clone()).collect(),
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::ListView(f)
-        | DataType::LargeListView(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => vec![f.data_type().clone()],
-        DataType::Dictionary(_, v) => vec![v.as_ref().clone()],
-        DataType::RunEndEncoded(r, v) => vec![r.data_type().clone(), v.data_type().clone()],
-        DataType::Union(fields, _) => fields.iter().map(|(_, f)| f.data_type().clone()).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// Re-labels `data` with `target`, which must have the same physical layout.
-///
-/// Nodes whose type is already `target` are returned untouched, so leaves (strings, numbers)
-/// are never rebuilt or re-validated; rebuilt nodes are validated at their own level only.
-fn retype(data: ArrayData, target: &DataType) -> Result<ArrayData, ArrowError> {
-    if data.data_type() == target {
-        return Ok(data);
-    }
-    let targets = child_types(target);
-    if targets.len() != data.child_data().len() {
-        return Err(ArrowError::SchemaError(format!(
-            "cannot view {} as {target}: different number of children",
-            data.data_type()
-        )));
-    }
-    let children = data
-        .child_data()
-        .iter()
-        .zip(&targets)
-        .map(|(child, t)| retype(child.clone(), t))
-        .collect::<Result<Vec<_>, _>>()?;
-    data.into_builder()
-        .data_type(target.clone())
-        .child_data(children)
-        .build()
-}
-
-/// `array` re-labelled with `target` (same layout, other field names), sharing all buffers.
-pub fn relabel_array(array: &ArrayRef, target: &DataType) -> Result<ArrayRef, ArrowError> {
-    if array.data_type() == target {
-        return Ok(Arc::clone(array));
-    }
-    Ok(make_array(retype(array.to_data(), target)?))
 }
 
 /// `batch` re-labelled with `schema` column by column.
@@ -179,6 +134,27 @@ fn relabel_batch(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch,
     )
 }
 
+/// The original spelling of the lower-case dotted `path` into `field` (whose name is its first
+/// segment), or `None` when some segment names nothing. Lists are transparent.
+fn camel_path(path: &str, field: &Field) -> Option<String> {
+    let mut segments = path.split('.');
+    segments.next()?;
+    let mut out = vec![field.name().clone()];
+    let mut current = field.data_type();
+    for segment in segments {
+        while let DataType::List(element) | DataType::LargeList(element) = current {
+            current = element.data_type();
+        }
+        let DataType::Struct(fields) = current else {
+            return None;
+        };
+        let child = fields.iter().find(|f| fold_name(f.name()) == segment)?;
+        out.push(child.name().clone());
+        current = child.data_type();
+    }
+    Some(out.join("."))
+}
+
 /// A table whose columns and nested fields all have lower-case names.
 ///
 /// Projections and limits pass through unchanged (column positions are the same). Filters on
@@ -201,6 +177,29 @@ impl LowercaseTable {
     /// The wrapped table, with its original names.
     pub fn inner(&self) -> &Arc<dyn TableProvider> {
         &self.inner
+    }
+
+    /// This table reading only the nested fields at `paths` (lower-case dotted paths by
+    /// lower-case column name), when the inner table is a lake table and that narrows
+    /// anything; paths naming nothing in this table are ignored.
+    pub fn with_nested_paths(&self, paths: &HashMap<String, Vec<String>>) -> Option<Self> {
+        let lake = self.inner.as_any().downcast_ref::<LakeTable>()?;
+        let inner_schema = self.inner.schema();
+        let mut camel: HashMap<String, Vec<String>> = HashMap::new();
+        for (lower, field) in self.schema.fields().iter().zip(inner_schema.fields()) {
+            let Some(wanted) = paths.get(lower.name()) else {
+                continue;
+            };
+            let mapped: Vec<String> = wanted.iter().filter_map(|p| camel_path(p, field)).collect();
+            if !mapped.is_empty() {
+                camel.insert(field.name().clone(), mapped);
+            }
+        }
+        let narrowed = lake.with_nested_paths(&camel);
+        if narrowed.schema() == inner_schema {
+            return None;
+        }
+        Self::try_new(Arc::new(narrowed)).ok()
     }
 
     /// `filter` with its column names mapped back to the inner table's spelling, or `None`
