@@ -32,7 +32,7 @@ impl LocalBackend {
             .map_err(BackendError::other)?
         {
             engine
-                .register_datastore(&ds.name, LakeTable::all_types(&installation.lake, &ds.name))
+                .register_datastore_lazy(&ds.name, LakeTable::factories(&installation.lake, &ds.name))
                 .map_err(BackendError::other)?;
         }
         engine

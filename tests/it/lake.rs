@@ -676,5 +676,5 @@ async fn sql_reads_only_the_nested_fields_a_query_uses() {
         .collect("SELECT name[1].given[1] FROM patient")
         .await
         .unwrap();
-    assert!(names[0].column(0).len() > 0);
+    assert!(!names[0].column(0).is_empty());
 }

@@ -98,6 +98,42 @@ impl LakeTable {
             .collect()
     }
 
+    /// One provider factory per R4 type for `datastore`, for `SqlEngine::register_datastore_lazy`:
+    /// building a table's schema costs, and a query touches few of the ~150 types.
+    #[allow(clippy::type_complexity)]
+    pub fn factories(
+        lake: &Lake,
+        datastore: &str,
+    ) -> Vec<(
+        String,
+        Arc<dyn Fn() -> Result<Arc<dyn TableProvider>, String> + Send + Sync>,
+    )> {
+        let scanner = LeafScanner::with_cache_bytes(0);
+        Registry::global()
+            .resource_types()
+            .map(|t| {
+                let (lake, datastore, scanner) =
+                    (lake.clone(), datastore.to_string(), scanner.clone());
+                let resource_type = t.to_string();
+                let factory = move || {
+                    LakeTable::with_scanner(
+                        lake.clone(),
+                        &datastore,
+                        &resource_type,
+                        scanner.clone(),
+                    )
+                    .map(|p| Arc::new(p) as Arc<dyn TableProvider>)
+                    .map_err(|e| e.to_string())
+                };
+                (
+                    t.to_string(),
+                    Arc::new(factory)
+                        as Arc<dyn Fn() -> Result<Arc<dyn TableProvider>, String> + Send + Sync>,
+                )
+            })
+            .collect()
+    }
+
     /// This table with the columns named in `paths` narrowed to the dotted paths given for
     /// them (each starting with the column's name, e.g. `code.coding.code`); other columns
     /// stay whole. Paths that name nothing in a column are ignored, and a column none of whose

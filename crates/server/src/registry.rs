@@ -129,7 +129,7 @@ impl Registry {
         let inst = &self.inner.installation;
         self.inner
             .sql
-            .register_datastore(&ds.name, LakeTable::all_types(&inst.lake, &ds.name))
+            .register_datastore_lazy(&ds.name, LakeTable::factories(&inst.lake, &ds.name))
             .map_err(|source| RegistryError::Sql {
                 datastore: ds.name.clone(),
                 source,

@@ -7,25 +7,73 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
-use datafusion::error::Result as DFResult;
+use datafusion::error::{DataFusionError, Result as DFResult};
 
+use super::SqlError;
 use super::lowercase::LowercaseTable;
 
 /// Schema name that always resolves to the current data store.
 pub const DATASTORE_ALIAS: &str = "database";
 
+/// Builds a table's provider when SQL first needs it; an error says why the table cannot be
+/// read.
+pub type TableFactory = Arc<dyn Fn() -> Result<Arc<dyn TableProvider>, String> + Send + Sync>;
+
 /// One resource-type table of a data store, as SQL sees it.
-#[derive(Debug)]
+///
+/// Built on first use: a data store has ~150 resource-type tables with wide generated
+/// schemas, and a query touches a few, so a CLI run or a new data store should not pay for
+/// the rest.
 pub(crate) struct DatastoreTable {
     /// FHIR resource type as registered (`MedicationRequest`).
     pub resource_type: String,
-    /// The lower-case view registered under the lower-case type name.
-    pub table: Arc<LowercaseTable>,
+    factory: TableFactory,
+    /// The lower-case view registered under the lower-case type name, once built.
+    table: OnceLock<Result<Arc<LowercaseTable>, String>>,
+}
+
+impl std::fmt::Debug for DatastoreTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatastoreTable")
+            .field("resource_type", &self.resource_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DatastoreTable {
+    pub fn new(resource_type: String, factory: TableFactory) -> Self {
+        Self {
+            resource_type,
+            factory,
+            table: OnceLock::new(),
+        }
+    }
+
+    /// The table, built now if it was not yet.
+    pub fn table(&self) -> Result<Arc<LowercaseTable>, SqlError> {
+        let built = self.table.get_or_init(|| {
+            let provider = (self.factory)()?;
+            LowercaseTable::try_new(provider)
+                .map(Arc::new)
+                .map_err(|e| match e {
+                    SqlError::NameCollision(path) => format!(
+                        "field name '{}.{path}' occurs twice when names are compared \
+                         case-insensitively",
+                        self.resource_type
+                    ),
+                    other => other.to_string(),
+                })
+        });
+        built.clone().map_err(|reason| SqlError::TableUnavailable {
+            table: self.resource_type.clone(),
+            reason,
+        })
+    }
 }
 
 /// The tables of one data store, fixed at registration (re-registering replaces the schema).
@@ -36,11 +84,12 @@ pub(crate) struct DatastoreSchema {
 }
 
 impl DatastoreSchema {
-    /// The SQL-visible Arrow schema of every table, in name order.
-    pub fn table_schemas(&self) -> impl Iterator<Item = (&str, &DatastoreTable, SchemaRef)> {
+    /// The SQL-visible Arrow schema of every table, in name order (building them all).
+    pub fn table_schemas(&self) -> Result<Vec<(&str, &DatastoreTable, SchemaRef)>, SqlError> {
         self.tables
             .iter()
-            .map(|(name, t)| (name.as_str(), t, t.table.schema()))
+            .map(|(name, t)| Ok((name.as_str(), t, t.table()?.schema())))
+            .collect()
     }
 }
 
@@ -55,10 +104,13 @@ impl SchemaProvider for DatastoreSchema {
     }
 
     async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
-        Ok(self
-            .tables
-            .get(name)
-            .map(|t| Arc::clone(&t.table) as Arc<dyn TableProvider>))
+        match self.tables.get(name) {
+            None => Ok(None),
+            Some(t) => match t.table() {
+                Ok(table) => Ok(Some(table as Arc<dyn TableProvider>)),
+                Err(e) => Err(DataFusionError::Plan(e.to_string())),
+            },
+        }
     }
 
     fn table_exist(&self, name: &str) -> bool {

@@ -38,8 +38,8 @@ use futures::StreamExt;
 use fhirlake_schema::{Registry, SchemaError};
 
 pub use catalog::DATASTORE_ALIAS;
+pub use catalog::TableFactory;
 use catalog::{DatastoreSchema, DatastoreTable, FhirlakeCatalog};
-use lowercase::LowercaseTable;
 
 /// Name of the SQL catalog holding the data stores.
 pub const CATALOG_NAME: &str = "fhirlake";
@@ -101,6 +101,14 @@ pub enum SqlError {
     /// The resource type has no schema.
     #[error(transparent)]
     Schema(#[from] SchemaError),
+    /// A registered table could not be built when first used.
+    #[error("table '{table}' cannot be read: {reason}")]
+    TableUnavailable {
+        /// The resource type.
+        table: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Resource limits of one query (see [`SqlEngine::execute_plan`]).
@@ -237,6 +245,39 @@ impl SqlEngine {
         name: &str,
         tables: Vec<(String, Arc<dyn TableProvider>)>,
     ) -> Result<(), SqlError> {
+        let tables: Vec<(String, TableFactory)> = tables
+            .into_iter()
+            .map(|(t, provider)| {
+                let factory: TableFactory = Arc::new(move || Ok(Arc::clone(&provider)));
+                (t, factory)
+            })
+            .collect();
+        let schema = self.datastore_schema(name, tables)?;
+        // Tables given as providers are checked now, as callers expect.
+        for table in schema.tables.values() {
+            table.table()?;
+        }
+        self.insert_datastore(name, schema);
+        Ok(())
+    }
+
+    /// Registers data store `name` like [`Self::register_datastore`], building each table
+    /// only when a statement first uses it (a lake data store has one per R4 type).
+    pub fn register_datastore_lazy(
+        &self,
+        name: &str,
+        tables: Vec<(String, TableFactory)>,
+    ) -> Result<(), SqlError> {
+        let schema = self.datastore_schema(name, tables)?;
+        self.insert_datastore(name, schema);
+        Ok(())
+    }
+
+    fn datastore_schema(
+        &self,
+        name: &str,
+        tables: Vec<(String, TableFactory)>,
+    ) -> Result<DatastoreSchema, SqlError> {
         let name = lowercase::fold_name(name);
         if name.is_empty() {
             return Err(SqlError::InvalidDatastoreName(name, "it is empty"));
@@ -250,26 +291,21 @@ impl SqlEngine {
         let mut schema = DatastoreSchema {
             tables: Default::default(),
         };
-        for (resource_type, provider) in tables {
-            let table = LowercaseTable::try_new(provider).map_err(|e| match e {
-                SqlError::NameCollision(path) => {
-                    SqlError::NameCollision(format!("{resource_type}.{path}"))
-                }
-                other => other,
-            })?;
+        for (resource_type, factory) in tables {
             schema.tables.insert(
                 lowercase::fold_name(&resource_type),
-                DatastoreTable {
-                    resource_type,
-                    table: Arc::new(table),
-                },
+                DatastoreTable::new(resource_type, factory),
             );
         }
+        Ok(schema)
+    }
+
+    fn insert_datastore(&self, name: &str, schema: DatastoreSchema) {
+        let name = lowercase::fold_name(name);
         self.catalog.insert(name.clone(), Arc::new(schema));
         if self.catalog.current().as_deref() == Some(name.as_str()) {
             self.set_default_schema(&name);
         }
-        Ok(())
     }
 
     /// Removes data store `name`; false when it was not registered.
@@ -332,7 +368,8 @@ impl SqlEngine {
     pub fn tables(&self, datastore: Option<&str>) -> Result<Vec<TableInfo>, SqlError> {
         let (_, schema) = self.datastore(datastore)?;
         Ok(schema
-            .table_schemas()
+            .table_schemas()?
+            .into_iter()
             .map(|(name, table, schema)| TableInfo {
                 name: name.to_string(),
                 resource_type: table.resource_type.clone(),
@@ -356,7 +393,7 @@ impl SqlEngine {
         Ok(TableInfo {
             name: key,
             resource_type: entry.resource_type.clone(),
-            schema: entry.table.schema(),
+            schema: entry.table()?.schema(),
         })
     }
 
@@ -492,7 +529,8 @@ mod tests {
         // lower-case view could not show.
         for resource_type in Registry::global().resource_types() {
             let table = empty_table(resource_type).unwrap();
-            LowercaseTable::try_new(table).unwrap_or_else(|e| panic!("{resource_type}: {e}"));
+            lowercase::LowercaseTable::try_new(table)
+                .unwrap_or_else(|e| panic!("{resource_type}: {e}"));
         }
         assert!(matches!(
             empty_table("NoSuchType"),
