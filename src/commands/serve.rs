@@ -1,0 +1,170 @@
+//! `fhirlake serve`: serves the FHIR R4 REST API (one base URL per data store), the control
+//! plane and, unless disabled, a Flight SQL endpoint, until Ctrl-C or SIGTERM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fhirlake::installation::Installation;
+use fhirlake::registry::Registry;
+
+use super::{ControlArgs, Globals};
+
+#[derive(clap::Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Largest accepted request body; larger ones get 413.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    #[command(flatten)]
+    flight: FlightArgs,
+    #[command(flatten)]
+    control: ControlArgs,
+}
+
+/// Options of the Flight SQL endpoint that `serve` starts next to the REST API.
+#[derive(clap::Args)]
+struct FlightArgs {
+    /// Address of the Arrow Flight SQL endpoint (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    flight_sql: std::net::SocketAddr,
+    /// Do not serve Flight SQL.
+    #[arg(long, conflicts_with = "flight_sql")]
+    no_flight_sql: bool,
+    /// Bearer token Flight SQL clients must send (required off loopback, unless a user is set).
+    #[arg(long, env = "FHIRLAKE_FLIGHT_SQL_TOKEN", hide_env_values = true)]
+    flight_sql_token: Option<String>,
+    /// User name for Flight SQL basic authentication (with --flight-sql-password).
+    #[arg(
+        long,
+        env = "FHIRLAKE_FLIGHT_SQL_USER",
+        requires = "flight_sql_password"
+    )]
+    flight_sql_user: Option<String>,
+    /// Password for Flight SQL basic authentication.
+    #[arg(
+        long,
+        env = "FHIRLAKE_FLIGHT_SQL_PASSWORD",
+        hide_env_values = true,
+        requires = "flight_sql_user"
+    )]
+    flight_sql_password: Option<String>,
+    /// PEM certificate chain to serve Flight SQL over TLS (with --flight-sql-tls-key).
+    #[arg(long, requires = "flight_sql_tls_key")]
+    flight_sql_tls_cert: Option<PathBuf>,
+    /// PEM private key for --flight-sql-tls-cert.
+    #[arg(long, requires = "flight_sql_tls_cert")]
+    flight_sql_tls_key: Option<PathBuf>,
+    /// Most memory (MiB) one query's sorts, joins and aggregations may use; 0 for no limit.
+    #[arg(long, default_value_t = 2048)]
+    query_memory_mb: usize,
+    /// Longest (seconds) one Flight SQL query may run, including fetching; 0 for no limit.
+    #[arg(long, default_value_t = 600)]
+    query_timeout_secs: u64,
+}
+
+impl FlightArgs {
+    fn config(&self) -> Option<fhirlake::flight::FlightSqlConfig> {
+        if self.no_flight_sql {
+            return None;
+        }
+        Some(fhirlake::flight::FlightSqlConfig {
+            addr: self.flight_sql,
+            auth: fhirlake::flight::AuthConfig {
+                token: self.flight_sql_token.clone(),
+                basic: self
+                    .flight_sql_user
+                    .clone()
+                    .zip(self.flight_sql_password.clone()),
+            },
+            tls: self
+                .flight_sql_tls_cert
+                .clone()
+                .zip(self.flight_sql_tls_key.clone()),
+            memory_limit: (self.query_memory_mb > 0).then_some(self.query_memory_mb << 20),
+            timeout: (self.query_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.query_timeout_secs)),
+        })
+    }
+}
+
+impl ServeArgs {
+    pub(crate) async fn run(self, g: &Globals) -> anyhow::Result<ExitCode> {
+        let Self {
+            http,
+            max_body_bytes,
+            flight,
+            control,
+        } = self;
+        let inst = g.open().await?;
+        // Make sure the default data store exists, so a fresh installation serves it.
+        inst.datastore(None).await?;
+        let config = fhirlake::api::ApiConfig {
+            body_limit: max_body_bytes,
+            ..Default::default()
+        };
+        serve(inst, http, config, flight.config(), control.config(http)).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Runs the REST API and (unless disabled) the Flight SQL endpoint until Ctrl-C or SIGTERM,
+/// printing each data store's base URL and the Flight SQL endpoint once both are bound.
+async fn serve(
+    inst: Installation,
+    http: std::net::SocketAddr,
+    config: fhirlake::api::ApiConfig,
+    flight: Option<fhirlake::flight::FlightSqlConfig>,
+    control: fhirlake::control::ControlConfig,
+) -> anyhow::Result<()> {
+    // One registry of live data stores under every front end.
+    let registry = Registry::open(inst, config.sync_interval).await?;
+    let mut api = fhirlake::api::Server::bind_registry(registry.clone(), http, config).await?;
+    let flight = match flight {
+        Some(config) => {
+            Some(fhirlake::flight::FlightSqlServer::bind(registry.clone(), config).await?)
+        }
+        None => None,
+    };
+    let origin = api.state().origin().clone();
+    let control = fhirlake::control::ControlPlane::new(registry, origin, control);
+    let interrupted = control.fail_interrupted_jobs().await?;
+    if interrupted > 0 {
+        tracing::warn!("{interrupted} job(s) interrupted by the last shutdown were marked FAILED");
+    }
+    api.add_routes(fhirlake::control::bulk::router(control.clone()));
+    api.add_routes(fhirlake::control::wire::router(control));
+    for (ds, url) in api.base_urls() {
+        println!("FHIR R4 base URL of data store '{}': {url}", ds.name);
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let stop = Arc::new(stop);
+    let until_stopped = move || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let flight_task = flight.map(|server| {
+        println!("Flight SQL endpoint: {}", server.endpoint());
+        tokio::spawn(server.run(until_stopped()))
+    });
+    use std::io::Write as _;
+    std::io::stdout().flush()?;
+    let on_signal = Arc::clone(&stop);
+    tokio::spawn(async move {
+        fhirlake::api::shutdown_signal().await;
+        on_signal.send_replace(true);
+    });
+    let api_result = api.run(until_stopped()).await;
+    // Whichever way the REST server ended, the Flight SQL endpoint ends with it.
+    stop.send_replace(true);
+    if let Some(task) = flight_task {
+        task.await??;
+    }
+    api_result?;
+    Ok(())
+}
