@@ -5,15 +5,18 @@ Usage: bench.py FHIRLAKE_BIN NDJSON_DIR
 import gzip
 import os
 import pathlib
+import re
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import duckdb
+from adbc_driver_flightsql import dbapi as flight_sql
 
 binary = pathlib.Path(sys.argv[1]).resolve()
 src = pathlib.Path(sys.argv[2]).resolve()
@@ -109,7 +112,57 @@ examples = {
     "q16": "q16-patients-and-prescriptions.sql",
     "q18": "q18-diabetes-cohort-18-75.sql",
 }
-print(f"\n{'query':<8} {'fhirlake median ms':>19} {'rows':>8} {'DuckDB median ms':>17} {'rows':>8}")
+
+
+def start_server():
+    """`fhirlake serve` on the installation; returns (process, Flight SQL URI)."""
+    proc = subprocess.Popen([str(binary), "--data-dir", str(data_dir), "serve", "--http", "127.0.0.1:0",
+                             "--flight-sql", "127.0.0.1:0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    found = {}
+    ready = threading.Event()
+
+    def drain():
+        for line in proc.stdout:
+            m = re.search(r"Flight SQL endpoint: (grpc://\S+)", line)
+            if m and "uri" not in found:
+                found["uri"] = m.group(1)
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=drain, daemon=True).start()
+    ready.wait(60)
+    if "uri" not in found:
+        proc.kill()
+        raise SystemExit("fhirlake serve printed no Flight SQL endpoint")
+    return proc, found["uri"]
+
+
+def flight_times(uri, sql):
+    """Median ms and rows of RUNS runs over one warm connection (after one warm-up run)."""
+    with flight_sql.connect(uri, autocommit=True) as conn:
+        times, n = [], 0
+        for i in range(RUNS + 1):
+            t0 = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.execute(sql)
+                n = cur.fetch_arrow_table().num_rows
+            if i > 0:
+                times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times), n
+
+
+server, uri = start_server()
+flight = {}
+try:
+    for q, fname in examples.items():
+        flight[q] = flight_times(uri, (root / "sql-examples" / fname).read_text())
+finally:
+    server.terminate()
+    server.wait(30)
+
+print(f"\n{'query':<8} {'CLI run ms':>11} {'rows':>7} {'Flight warm ms':>15} {'rows':>7} "
+      f"{'DuckDB ms':>10} {'rows':>7} {'Flight/DuckDB':>14}")
 for q, fname in examples.items():
     sql_file = root / "sql-examples" / fname
     times = []
@@ -124,9 +177,13 @@ for q, fname in examples.items():
     dn = 0
     for _ in range(RUNS):
         t0 = time.perf_counter()
-        dn = len(con.execute(duck_queries[q]).fetchall())
+        dn = con.sql(duck_queries[q]).to_arrow_table().num_rows
         dtimes.append(time.perf_counter() - t0)
-    print(f"{q:<8} {1000*statistics.median(times):>19.0f} {n:>8} {1000*statistics.median(dtimes):>17.0f} {dn:>8}")
-print("\nfhirlake times are whole CLI runs (process start, catalog load, plan, execute, CSV out);"
-      " DuckDB times are in-process queries on an open connection.")
+    fms, fn = flight[q]
+    dms = 1000 * statistics.median(dtimes)
+    print(f"{q:<8} {1000*statistics.median(times):>11.0f} {n:>7} {fms:>15.0f} {fn:>7} "
+          f"{dms:>10.0f} {dn:>7} {fms/dms:>13.1f}x")
+print("\nCLI run: a whole `fhirlake sql -f` process (start, catalog, plan, execute, CSV out);"
+      " Flight warm: the same SQL over ADBC Flight SQL to a running `fhirlake serve`, median of"
+      f" {RUNS} after a warm-up; DuckDB: in-process queries on an open connection, fetched to Arrow.")
 shutil.rmtree(work, ignore_errors=True)

@@ -10,5 +10,6 @@ fi
 cargo build --release --bins
 VENV=target/venv
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check "duckdb==2.0.1"
+"$VENV/bin/pip" install -q --disable-pip-version-check "duckdb==2.0.1" "pyarrow==26.0.1" \
+  "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0"
 "$VENV/bin/python" bench/bench.py target/release/fhirlake "$DATA"

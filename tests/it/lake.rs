@@ -581,6 +581,29 @@ async fn sql_reads_only_the_nested_fields_a_query_uses() {
         .unwrap();
     assert_eq!(count(&one), 1);
 
+    // `x IS NOT NULL` reads one leaf of x, and agrees with counting x read whole.
+    let plan = text(
+        engine
+            .collect("EXPLAIN SELECT count(*) FROM condition WHERE code IS NOT NULL")
+            .await
+            .unwrap(),
+    );
+    assert!(plan.contains("leaves=1,"), "{plan}");
+    let present = count(
+        &engine
+            .collect("SELECT count(*) FROM condition WHERE code IS NOT NULL AND abatementperiod IS NULL")
+            .await
+            .unwrap(),
+    );
+    let counted = count(
+        &engine
+            .collect("SELECT count(code) FROM condition WHERE abatementperiod IS NULL")
+            .await
+            .unwrap(),
+    );
+    assert!(present > 0);
+    assert_eq!(present, counted);
+
     // Narrowed and whole reads agree.
     let narrowed = count(
         &engine

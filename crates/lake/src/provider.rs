@@ -14,7 +14,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::DFSchema;
@@ -28,9 +28,65 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 
 use super::Lake;
-use super::exec::{LakeScanExec, prune};
+use super::exec::{LakeScanExec, covered, prune};
 use super::scan::LeafScanner;
 use fhirlake_schema::{Registry, SchemaError};
+
+/// Prefix of a path in [`LakeTable::with_nested_paths`] whose value is needed only for its
+/// presence (`x IS NULL`): any one leaf under it carries that, so one is read.
+pub const PRESENCE: &str = "?";
+
+/// The dotted path of the first leaf under `path` (of type `data_type`), lists transparent.
+fn first_leaf(data_type: &DataType, path: &str) -> String {
+    match data_type {
+        DataType::Struct(fields) => match fields.first() {
+            Some(f) => first_leaf(f.data_type(), &format!("{path}.{}", f.name())),
+            None => path.to_string(),
+        },
+        DataType::List(element) | DataType::LargeList(element) => {
+            first_leaf(element.data_type(), path)
+        }
+        _ => path.to_string(),
+    }
+}
+
+/// The type at dotted `path` inside a column of type `data_type` (its first segment being
+/// the column), lists transparent.
+fn nested_type<'a>(data_type: &'a DataType, path: &str) -> Option<&'a DataType> {
+    let mut current = data_type;
+    for segment in path.split('.').skip(1) {
+        while let DataType::List(e) | DataType::LargeList(e) = current {
+            current = e.data_type();
+        }
+        let DataType::Struct(fields) = current else {
+            return None;
+        };
+        current = fields.iter().find(|f| f.name() == segment)?.data_type();
+    }
+    Some(current)
+}
+
+/// `wanted` with each presence path replaced by a leaf under it: none when another wanted
+/// path already reads something under it, else its first leaf.
+fn resolve_presence(data_type: &DataType, wanted: &[String]) -> Vec<String> {
+    let (presence, data): (Vec<&String>, Vec<&String>) =
+        wanted.iter().partition(|p| p.starts_with(PRESENCE));
+    let mut out: Vec<String> = data.into_iter().cloned().collect();
+    for p in presence {
+        let path = &p[PRESENCE.len()..];
+        let path_prefix = [path.to_string()];
+        if out
+            .iter()
+            .any(|d| covered(d, &path_prefix) || covered(path, std::slice::from_ref(d)))
+        {
+            continue;
+        }
+        if let Some(field_type) = nested_type(data_type, path) {
+            out.push(first_leaf(field_type, path));
+        }
+    }
+    out
+}
 
 /// A resource type's lake table as a DataFusion table.
 #[derive(Clone)]
@@ -135,15 +191,16 @@ impl LakeTable {
     }
 
     /// This table with the columns named in `paths` narrowed to the dotted paths given for
-    /// them (each starting with the column's name, e.g. `code.coding.code`); other columns
-    /// stay whole. Paths that name nothing in a column are ignored, and a column none of whose
+    /// them (each starting with the column's name, e.g. `code.coding.code`; with the
+    /// [`PRESENCE`] prefix when only whether it is null matters); other columns stay whole. Paths that name nothing in a column are ignored, and a column none of whose
     /// paths names anything stays whole.
     pub fn with_nested_paths(&self, paths: &HashMap<String, Vec<String>>) -> Self {
         let mut fields = Vec::with_capacity(self.schema.fields().len());
         let mut prefixes = Vec::with_capacity(fields.capacity());
         for (field, current) in self.schema.fields().iter().zip(self.prefixes.iter()) {
             let narrowed = paths.get(field.name()).and_then(|wanted| {
-                prune(field.data_type(), field.name(), wanted).map(|t| (t, wanted.clone()))
+                let wanted = resolve_presence(field.data_type(), wanted);
+                prune(field.data_type(), field.name(), &wanted).map(|t| (t, wanted))
             });
             match narrowed {
                 Some((data_type, wanted)) => {

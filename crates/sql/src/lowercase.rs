@@ -31,7 +31,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
-use fhirlake_lake::provider::LakeTable;
+use fhirlake_lake::provider::{LakeTable, PRESENCE};
 use fhirlake_lake::relabel::relabel_array;
 use futures::StreamExt;
 
@@ -190,7 +190,13 @@ impl LowercaseTable {
             let Some(wanted) = paths.get(lower.name()) else {
                 continue;
             };
-            let mapped: Vec<String> = wanted.iter().filter_map(|p| camel_path(p, field)).collect();
+            let mapped: Vec<String> = wanted
+                .iter()
+                .filter_map(|p| match p.strip_prefix(PRESENCE) {
+                    Some(p) => camel_path(p, field).map(|c| format!("{PRESENCE}{c}")),
+                    None => camel_path(p, field),
+                })
+                .collect();
             if !mapped.is_empty() {
                 camel.insert(field.name().clone(), mapped);
             }

@@ -22,6 +22,7 @@ use datafusion::logical_expr::{Expr, LogicalPlan, TableScan};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::lowercase::LowercaseTable;
+use fhirlake_lake::provider::PRESENCE;
 
 /// How a column name is used in a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +30,15 @@ enum Use {
     Whole,
     /// Only through these dotted paths, each starting with the column name.
     Paths(BTreeSet<String>),
+}
+
+/// What a use needs of the value it reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Need {
+    /// The value itself.
+    Data,
+    /// Only whether it is null (recorded with the [`PRESENCE`] prefix: one leaf tells).
+    Presence,
 }
 
 /// Where an alias made by a projection points: a column and the fields walked into it.
@@ -49,14 +59,23 @@ struct Usage {
 const MAX_ALIAS_DEPTH: usize = 8;
 
 impl Usage {
-    /// Records that `name` is used through `segments` (none: whole); a use of an alias is
-    /// also a use of what it points to. Raw names are recorded too, so a name that is both
-    /// an alias and a column is read at least as much as either needs.
-    fn record(&mut self, name: &str, segments: &[String], depth: usize) {
-        if segments.is_empty() {
+    /// Records that `name` is used through `segments` (none: whole), for its data or only
+    /// for whether it is null; a use of an alias is also a use of what it points to. Raw
+    /// names are recorded too, so a name that is both an alias and a column is read at least
+    /// as much as either needs.
+    fn record(&mut self, name: &str, segments: &[String], need: Need, depth: usize) {
+        if segments.is_empty() && need == Need::Data {
             self.columns.insert(name.to_string(), Use::Whole);
         } else {
-            let path = format!("{name}.{}", segments.join("."));
+            let mut path = match need {
+                Need::Data => String::new(),
+                Need::Presence => PRESENCE.to_string(),
+            };
+            path.push_str(name);
+            for segment in segments {
+                path.push('.');
+                path.push_str(segment);
+            }
             match self
                 .columns
                 .entry(name.to_string())
@@ -74,19 +93,29 @@ impl Usage {
         for (column, prefix) in self.aliases.get(name).cloned().unwrap_or_default() {
             let mut full = prefix;
             full.extend_from_slice(segments);
-            self.record(&column, &full, depth + 1);
+            self.record(&column, &full, need, depth + 1);
         }
     }
 
     fn whole(&mut self, name: &str) {
-        self.record(name, &[], 0);
+        self.record(name, &[], Need::Data, 0);
     }
 
     /// Records every column use in `expr`.
     fn expr(&mut self, expr: &Expr) -> DFResult<()> {
         expr.apply(|e| {
+            // `x IS [NOT] NULL` needs x's presence, which any one of its leaves carries.
+            if let Expr::IsNull(inner) | Expr::IsNotNull(inner) = e
+                && let Some((column, segments, side)) = chain(inner)
+            {
+                self.record(&column, &segments, Need::Presence, 0);
+                for s in side {
+                    self.expr(s)?;
+                }
+                return Ok(TreeNodeRecursion::Jump);
+            }
             if let Some((column, segments, side)) = chain(e) {
-                self.record(&column, &segments, 0);
+                self.record(&column, &segments, Need::Data, 0);
                 for s in side {
                     self.expr(s)?;
                 }
@@ -110,10 +139,12 @@ impl Usage {
         match plan {
             LogicalPlan::Projection(p) => {
                 for e in &p.expr {
-                    if let Expr::Alias(a) = e
-                        && let Some((column, segments, _)) = chain(&a.expr)
-                    {
-                        self.record(&column, &segments, 0);
+                    let value = match e {
+                        Expr::Alias(a) => a.expr.as_ref(),
+                        other => other,
+                    };
+                    if let Some((column, segments, _)) = chain(value) {
+                        self.record(&column, &segments, Need::Data, 0);
                     }
                 }
             }
@@ -167,7 +198,10 @@ impl Usage {
                     usage.opaque = true;
                 }
                 // Rows compared whole, or columns taken apart by position.
-                LogicalPlan::Distinct(_) | LogicalPlan::Unnest(_) | LogicalPlan::Subquery(_) => {
+                LogicalPlan::Distinct(_)
+                | LogicalPlan::Union(_)
+                | LogicalPlan::Unnest(_)
+                | LogicalPlan::Subquery(_) => {
                     for input in node.inputs() {
                         usage.output(input);
                     }
@@ -175,10 +209,12 @@ impl Usage {
                 _ => {}
             }
             match node {
-                // An aliased chain is used as far as its alias is (recorded through it).
+                // A column passed through, or an aliased chain, is used as far as the nodes
+                // above use its name (recorded through the alias), or whole when it is output.
                 LogicalPlan::Projection(p) => {
                     for e in &p.expr {
                         match e {
+                            Expr::Column(_) => {}
                             Expr::Alias(a) if chain(&a.expr).is_some() => {
                                 let (_, _, side) = chain(&a.expr).expect("checked");
                                 for s in side {
