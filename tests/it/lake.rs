@@ -660,6 +660,19 @@ async fn sql_reads_only_the_nested_fields_a_query_uses() {
         );
     }
 
+    // Columns passed through a UNION are narrowed alike on both sides, or not at all.
+    let conditions = count(&engine.collect("SELECT count(*) FROM condition").await.unwrap());
+    for sql in [
+        "SELECT count(*) FROM (SELECT code FROM condition UNION ALL SELECT code FROM condition) t \
+         WHERE t.code.coding[1].code IS NOT NULL",
+        "SELECT count(*) FROM (SELECT code, subject FROM condition UNION ALL \
+         SELECT code, subject FROM condition WHERE subject.reference IS NOT NULL) t \
+         WHERE t.code.text IS NOT NULL OR t.subject.reference IS NOT NULL",
+    ] {
+        let batches = engine.collect(sql).await.unwrap();
+        assert_eq!(count(&batches), 2 * conditions, "{sql}");
+    }
+
     // Deleting a patient hides its row from narrowed scans too.
     let ds = inst.datastore(None).await.unwrap();
     let before = count(
