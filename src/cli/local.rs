@@ -32,7 +32,10 @@ impl LocalBackend {
             .map_err(BackendError::other)?
         {
             engine
-                .register_datastore_lazy(&ds.name, LakeTable::factories(&installation.lake, &ds.name))
+                .register_datastore_lazy(
+                    &ds.name,
+                    LakeTable::factories(&installation.lake, &ds.name),
+                )
                 .map_err(BackendError::other)?;
         }
         engine

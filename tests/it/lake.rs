@@ -591,7 +591,9 @@ async fn sql_reads_only_the_nested_fields_a_query_uses() {
     assert!(plan.contains("leaves=1,"), "{plan}");
     let present = count(
         &engine
-            .collect("SELECT count(*) FROM condition WHERE code IS NOT NULL AND abatementperiod IS NULL")
+            .collect(
+                "SELECT count(*) FROM condition WHERE code IS NOT NULL AND abatementperiod IS NULL",
+            )
             .await
             .unwrap(),
     );
@@ -661,7 +663,12 @@ async fn sql_reads_only_the_nested_fields_a_query_uses() {
     }
 
     // Columns passed through a UNION are narrowed alike on both sides, or not at all.
-    let conditions = count(&engine.collect("SELECT count(*) FROM condition").await.unwrap());
+    let conditions = count(
+        &engine
+            .collect("SELECT count(*) FROM condition")
+            .await
+            .unwrap(),
+    );
     for sql in [
         "SELECT count(*) FROM (SELECT code FROM condition UNION ALL SELECT code FROM condition) t \
          WHERE t.code.coding[1].code IS NOT NULL",
