@@ -469,7 +469,7 @@ impl ReadJob {
 
 /// The selection skipping `deleted` rows within `row_groups` (read in order), or `None` when
 /// none of them has a deleted row.
-fn unit_selection(
+pub(crate) fn unit_selection(
     deleted: &[i64],
     offsets: &[(i64, i64)],
     row_groups: &[usize],

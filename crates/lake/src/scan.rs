@@ -502,23 +502,8 @@ fn fhir_path(parts: &[String]) -> String {
 
 /// A row selection skipping the sorted `deleted` positions of a file with `rows` rows.
 fn selection(deleted: &[i64], rows: usize) -> RowSelection {
-    let mut selectors = Vec::new();
-    let mut at = 0usize;
-    for &d in deleted {
-        let d = d as usize;
-        if d >= rows || d < at {
-            continue;
-        }
-        if d > at {
-            selectors.push(RowSelector::select(d - at));
-        }
-        selectors.push(RowSelector::skip(1));
-        at = d + 1;
-    }
-    if at < rows {
-        selectors.push(RowSelector::select(rows - at));
-    }
-    selectors.into()
+    super::exec::unit_selection(deleted, &[(0, rows as i64)], &[0])
+        .unwrap_or_else(|| RowSelection::from(vec![RowSelector::select(rows)]))
 }
 
 /// Position deletes of one delete file (`uri`, read from `file`), by data file path.
