@@ -15,6 +15,29 @@ async fn import_file(inst: &Installation, path: &std::path::Path) -> ingest::Imp
     crate::common::import_and_sync(inst, &ds, path).await
 }
 
+/// Deletes one resource in the store and commits the change to the lake.
+async fn delete_and_sync(
+    inst: &Installation,
+    ds: &fhirlake::store::Datastore,
+    resource_type: &str,
+    id: &str,
+) {
+    inst.store
+        .put_resources(
+            &ds.id,
+            vec![NewResource {
+                resource_type: resource_type.into(),
+                id: id.to_string(),
+                json: None,
+            }],
+        )
+        .await
+        .unwrap();
+    sync_datastore(&inst.store, &inst.lake, ds, BatchLimits::default())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn import_replace_delete_and_recover() {
     let Some(data) = shared_data() else { return };
@@ -75,20 +98,7 @@ async fn import_replace_delete_and_recover() {
     // Deleting one resource removes its row.
     let ds = inst.datastore(None).await.unwrap();
     let victim = rows[0].0.clone();
-    inst.store
-        .put_resources(
-            &ds.id,
-            vec![NewResource {
-                resource_type: "Patient".into(),
-                id: victim.clone(),
-                json: None,
-            }],
-        )
-        .await
-        .unwrap();
-    sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default())
-        .await
-        .unwrap();
+    delete_and_sync(&inst, &ds, "Patient", &victim).await;
     let rows = scan_ids(&inst, "fhir", "Patient").await;
     assert_eq!(rows.len(), expected.len() - 1);
     assert!(!rows.iter().any(|(id, _)| *id == victim));
@@ -689,20 +699,7 @@ async fn sql_reads_only_the_nested_fields_a_query_uses() {
             .unwrap(),
     );
     let victim = scan_ids(&inst, "fhir", "Patient").await[0].0.clone();
-    inst.store
-        .put_resources(
-            &ds.id,
-            vec![NewResource {
-                resource_type: "Patient".into(),
-                id: victim.clone(),
-                json: None,
-            }],
-        )
-        .await
-        .unwrap();
-    sync_datastore(&inst.store, &inst.lake, &ds, BatchLimits::default())
-        .await
-        .unwrap();
+    delete_and_sync(&inst, &ds, "Patient", &victim).await;
     let after = engine
         .collect(&format!(
             "SELECT count(*) FROM patient WHERE name[1].family IS NOT NULL AND id = '{victim}'"

@@ -32,9 +32,32 @@ use super::exec::{LakeScanExec, covered, prune};
 use super::scan::LeafScanner;
 use fhirlake_schema::{Registry, SchemaError};
 
-/// Prefix of a path in [`LakeTable::with_nested_paths`] whose value is needed only for its
-/// presence (`x IS NULL`): any one leaf under it carries that, so one is read.
-pub const PRESENCE: &str = "?";
+/// How a query uses a nested field, by its dotted path (starting with the column's name,
+/// e.g. `code.coding.code`), for [`LakeTable::with_nested_paths`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FieldUse {
+    /// The value at the path, with everything under it.
+    Value(String),
+    /// Only whether the value at the path is null (`x IS NULL`): any one leaf under it
+    /// carries that, so one is read.
+    Presence(String),
+}
+
+impl FieldUse {
+    pub fn path(&self) -> &str {
+        match self {
+            Self::Value(p) | Self::Presence(p) => p,
+        }
+    }
+
+    /// The same use of another path.
+    pub fn with_path(&self, path: String) -> Self {
+        match self {
+            Self::Value(_) => Self::Value(path),
+            Self::Presence(_) => Self::Presence(path),
+        }
+    }
+}
 
 /// The dotted path of the first leaf under `path` (of type `data_type`), lists transparent.
 fn first_leaf(data_type: &DataType, path: &str) -> String {
@@ -66,14 +89,21 @@ fn nested_type<'a>(data_type: &'a DataType, path: &str) -> Option<&'a DataType> 
     Some(current)
 }
 
-/// `wanted` with each presence path replaced by a leaf under it: none when another wanted
-/// path already reads something under it, else its first leaf.
-fn resolve_presence(data_type: &DataType, wanted: &[String]) -> Vec<String> {
-    let (presence, data): (Vec<&String>, Vec<&String>) =
-        wanted.iter().partition(|p| p.starts_with(PRESENCE));
-    let mut out: Vec<String> = data.into_iter().cloned().collect();
-    for p in presence {
-        let path = &p[PRESENCE.len()..];
+/// The paths whose leaves `uses` read: each presence use replaced by a leaf under it (none
+/// when another use already reads something under it, else its first leaf).
+fn resolve_presence(data_type: &DataType, uses: &[FieldUse]) -> Vec<String> {
+    let mut out: Vec<String> = uses
+        .iter()
+        .filter_map(|u| match u {
+            FieldUse::Value(p) => Some(p.clone()),
+            FieldUse::Presence(_) => None,
+        })
+        .collect();
+    for u in uses {
+        let FieldUse::Presence(path) = u else {
+            continue;
+        };
+        let path = path.as_str();
         let path_prefix = [path.to_string()];
         if out
             .iter()
@@ -191,10 +221,9 @@ impl LakeTable {
     }
 
     /// This table with the columns named in `paths` narrowed to the dotted paths given for
-    /// them (each starting with the column's name, e.g. `code.coding.code`; with the
-    /// [`PRESENCE`] prefix when only whether it is null matters); other columns stay whole. Paths that name nothing in a column are ignored, and a column none of whose
+    /// them ([`FieldUse`]); other columns stay whole. Paths that name nothing in a column are ignored, and a column none of whose
     /// paths names anything stays whole.
-    pub fn with_nested_paths(&self, paths: &HashMap<String, Vec<String>>) -> Self {
+    pub fn with_nested_paths(&self, paths: &HashMap<String, Vec<FieldUse>>) -> Self {
         let mut fields = Vec::with_capacity(self.schema.fields().len());
         let mut prefixes = Vec::with_capacity(fields.capacity());
         for (field, current) in self.schema.fields().iter().zip(self.prefixes.iter()) {

@@ -31,7 +31,7 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
-use fhirlake_lake::provider::{LakeTable, PRESENCE};
+use fhirlake_lake::provider::{FieldUse, LakeTable};
 use fhirlake_lake::relabel::relabel_array;
 use futures::StreamExt;
 
@@ -182,20 +182,17 @@ impl LowercaseTable {
     /// This table reading only the nested fields at `paths` (lower-case dotted paths by
     /// lower-case column name), when the inner table is a lake table and that narrows
     /// anything; paths naming nothing in this table are ignored.
-    pub fn with_nested_paths(&self, paths: &HashMap<String, Vec<String>>) -> Option<Self> {
+    pub fn with_nested_paths(&self, paths: &HashMap<String, Vec<FieldUse>>) -> Option<Self> {
         let lake = self.inner.as_any().downcast_ref::<LakeTable>()?;
         let inner_schema = self.inner.schema();
-        let mut camel: HashMap<String, Vec<String>> = HashMap::new();
+        let mut camel: HashMap<String, Vec<FieldUse>> = HashMap::new();
         for (lower, field) in self.schema.fields().iter().zip(inner_schema.fields()) {
             let Some(wanted) = paths.get(lower.name()) else {
                 continue;
             };
-            let mapped: Vec<String> = wanted
+            let mapped: Vec<FieldUse> = wanted
                 .iter()
-                .filter_map(|p| match p.strip_prefix(PRESENCE) {
-                    Some(p) => camel_path(p, field).map(|c| format!("{PRESENCE}{c}")),
-                    None => camel_path(p, field),
-                })
+                .filter_map(|u| camel_path(u.path(), field).map(|c| u.with_path(c)))
                 .collect();
             if !mapped.is_empty() {
                 camel.insert(field.name().clone(), mapped);

@@ -22,14 +22,14 @@ use datafusion::logical_expr::{Expr, LogicalPlan, TableScan};
 use datafusion::optimizer::{OptimizerConfig, OptimizerRule};
 
 use super::lowercase::LowercaseTable;
-use fhirlake_lake::provider::PRESENCE;
+use fhirlake_lake::provider::FieldUse;
 
 /// How a column name is used in a plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Use {
     Whole,
     /// Only through these dotted paths, each starting with the column name.
-    Paths(BTreeSet<String>),
+    Paths(BTreeSet<FieldUse>),
 }
 
 /// What a use needs of the value it reaches.
@@ -37,7 +37,7 @@ enum Use {
 enum Need {
     /// The value itself.
     Data,
-    /// Only whether it is null (recorded with the [`PRESENCE`] prefix: one leaf tells).
+    /// Only whether it is null (one leaf tells).
     Presence,
 }
 
@@ -67,15 +67,15 @@ impl Usage {
         if segments.is_empty() && need == Need::Data {
             self.columns.insert(name.to_string(), Use::Whole);
         } else {
-            let mut path = match need {
-                Need::Data => String::new(),
-                Need::Presence => PRESENCE.to_string(),
-            };
-            path.push_str(name);
+            let mut path = name.to_string();
             for segment in segments {
                 path.push('.');
                 path.push_str(segment);
             }
+            let path = match need {
+                Need::Data => FieldUse::Value(path),
+                Need::Presence => FieldUse::Presence(path),
+            };
             match self
                 .columns
                 .entry(name.to_string())
@@ -237,7 +237,7 @@ impl Usage {
     }
 
     /// The narrowed paths of each column used only through paths.
-    fn paths(&self) -> HashMap<String, Vec<String>> {
+    fn paths(&self) -> HashMap<String, Vec<FieldUse>> {
         self.columns
             .iter()
             .filter_map(|(name, u)| match u {
@@ -314,7 +314,7 @@ impl OptimizerRule for NestedProjection {
 }
 
 /// `scan` over a narrowed provider, if its table is a lake table with something to narrow.
-fn narrow(scan: &TableScan, paths: &HashMap<String, Vec<String>>) -> DFResult<Option<TableScan>> {
+fn narrow(scan: &TableScan, paths: &HashMap<String, Vec<FieldUse>>) -> DFResult<Option<TableScan>> {
     let Ok(provider) = source_as_provider(&scan.source) else {
         return Ok(None);
     };
