@@ -13,7 +13,7 @@ fi
   "polars==2.1.0" "polars-iceberg==0.1.0" "pandas==3.1.1" "matplotlib==3.11.2" \
   "nbclient==0.11.0" "nbformat==5.11.1" "ipykernel==7.4.0" \
   "adbc-driver-flightsql==1.13.0" "adbc-driver-manager==1.13.0" "boto3==1.44.8" \
-  "moto[server]==5.2.5"
+  "moto[server]==5.2.5" "pyjwt==2.15.1" "cryptography==50.0.2" "fhirpy==2.3.1"
 
 BIN=target/debug/fhirlake
 DATA=target/interop-data
@@ -60,3 +60,14 @@ rm -rf target/interop-control
 # (tests/interop/test_s3.py).
 rm -rf target/interop-s3
 "$VENV/bin/python" tests/interop/test_s3.py "$BIN" target/interop-s3
+
+# SMART on FHIR against a real OAuth2/OIDC server: oauth2-mock-server from npm (pinned by
+# tests/interop/idp/package-lock.json, installed into target/idp; it declares Node 22 but runs on
+# Node 20) issues RS256 and ES256 tokens through tests/interop/idp/mock_idp.js; boto3 creates SMART
+# data stores, requests and fhirpy call the FHIR API, PyJWT + cryptography forge the bad tokens
+# (tests/interop/test_smart.py).
+mkdir -p target/idp
+cp tests/interop/idp/package.json tests/interop/idp/package-lock.json target/idp/
+npm ci --prefix target/idp --no-audit --no-fund --loglevel=error
+rm -rf target/interop-smart
+"$VENV/bin/python" tests/interop/test_smart.py "$BIN" target/interop-smart

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: unit + integration tests, then interop with real Python clients
 # (pyiceberg, DuckDB) against an installation built by the real binary.
-# Needs only cargo and python3; everything else is installed into target/.
+# Needs cargo, python3 and node/npm; everything else (PyPI and npm packages) is installed into
+# target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -13,7 +13,8 @@ pub use fhirlake_schema as schema;
 pub use fhirlake_schema::outcome;
 pub use fhirlake_search as search;
 pub use fhirlake_server::{
-    api, control, export, flight, ingest, install_tls_provider, installation, origin, registry,
+    api, auth, control, export, flight, ingest, install_tls_provider, installation, origin,
+    registry, tls,
 };
 pub use fhirlake_sql as sql;
 pub use fhirlake_store as store;

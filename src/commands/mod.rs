@@ -72,7 +72,7 @@ impl ControlArgs {
                 .aws_access_key_id
                 .clone()
                 .zip(self.aws_secret_access_key.clone())
-                .map(|(id, secret)| fhirlake::control::sigv4::AccessKey { id, secret }),
+                .map(|(id, secret)| fhirlake::auth::sigv4::AccessKey { id, secret }),
             open: http.ip().is_loopback(),
             allowed_roots: self.allowed_roots.clone(),
             preload_dir: self.preload_dir.clone(),

@@ -19,6 +19,18 @@ pub(crate) struct ServeArgs {
     /// Largest accepted request body; larger ones get 413.
     #[arg(long, default_value_t = 16 << 20)]
     max_body_bytes: usize,
+    /// PEM certificate chain to serve the REST API and control plane over HTTPS only
+    /// (with --tls-key); base URLs then say https.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve without authentication beyond loopback: AWS_AUTH data stores and the control
+    /// plane then answer unsigned requests from anyone who can reach the port. Without it,
+    /// a non-loopback --http needs --aws-access-key-id.
+    #[arg(long)]
+    insecure: bool,
     #[command(flatten)]
     flight: FlightArgs,
     #[command(flatten)]
@@ -96,33 +108,83 @@ impl ServeArgs {
         let Self {
             http,
             max_body_bytes,
+            tls_cert,
+            tls_key,
+            insecure,
             flight,
             control,
         } = self;
+        let control = open_only_where_allowed(control.config(http), http, insecure)?;
+        // Bad certificate files fail here, before anything is opened or bound.
+        let tls = match tls_cert.zip(tls_key) {
+            Some((cert, key)) => Some(fhirlake::tls::server_config(&cert, &key)?),
+            None => None,
+        };
         let inst = g.open().await?;
         // Make sure the default data store exists, so a fresh installation serves it.
         inst.datastore(None).await?;
         let config = fhirlake::api::ApiConfig {
             body_limit: max_body_bytes,
+            access_key: control.access_key.clone(),
+            open: control.open,
             ..Default::default()
         };
-        serve(inst, http, config, flight.config(), control.config(http)).await?;
+        let listen = Listen { addr: http, tls };
+        serve(inst, listen, config, flight.config(), control).await?;
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Refuses to serve unauthenticated beyond loopback unless `--insecure` says so (loudly).
+fn open_only_where_allowed(
+    control: fhirlake::control::ControlConfig,
+    http: std::net::SocketAddr,
+    insecure: bool,
+) -> anyhow::Result<fhirlake::control::ControlConfig> {
+    if http.ip().is_loopback() || control.access_key.is_some() {
+        return Ok(control);
+    }
+    if !insecure {
+        anyhow::bail!(
+            "refusing to serve {http} without authentication: give --aws-access-key-id and \
+             --aws-secret-access-key (SigV4; SMART on FHIR data stores use bearer tokens), or \
+             --insecure to serve unsigned requests from anyone who can reach the port"
+        );
+    }
+    tracing::warn!(
+        "--insecure: serving {http} WITHOUT AUTHENTICATION; anyone who can reach it can read \
+         and change every AWS_AUTH data store and use the control plane"
+    );
+    Ok(fhirlake::control::ControlConfig {
+        open: true,
+        ..control
+    })
+}
+
+/// Where the REST API listens, and with which TLS configuration if any.
+struct Listen {
+    addr: std::net::SocketAddr,
+    tls: Option<Arc<fhirlake::tls::ServerConfig>>,
 }
 
 /// Runs the REST API and (unless disabled) the Flight SQL endpoint until Ctrl-C or SIGTERM,
 /// printing each data store's base URL and the Flight SQL endpoint once both are bound.
 async fn serve(
     inst: Installation,
-    http: std::net::SocketAddr,
+    http: Listen,
     config: fhirlake::api::ApiConfig,
     flight: Option<fhirlake::flight::FlightSqlConfig>,
     control: fhirlake::control::ControlConfig,
 ) -> anyhow::Result<()> {
     // One registry of live data stores under every front end.
     let registry = Registry::open(inst, config.sync_interval).await?;
-    let mut api = fhirlake::api::Server::bind_registry(registry.clone(), http, config).await?;
+    let mut api = match http.tls {
+        Some(tls) => {
+            fhirlake::api::Server::bind_registry_tls(registry.clone(), http.addr, config, tls)
+                .await?
+        }
+        None => fhirlake::api::Server::bind_registry(registry.clone(), http.addr, config).await?,
+    };
     let flight = match flight {
         Some(config) => {
             Some(fhirlake::flight::FlightSqlServer::bind(registry.clone(), config).await?)

@@ -368,6 +368,62 @@ try:
                                  "Content-Type": "application/x-amz-json-1.0"})
     check("SigV4: an unsigned request is refused (MissingAuthenticationTokenException)",
           raw.status_code == 403 and raw.json().get("__type") == "MissingAuthenticationTokenException", raw.text)
+
+    # The FHIR REST API of an AWS_AUTH data store verifies SigV4 too, signed by botocore's own
+    # signer (service healthlake) as the guide's Python samples do.
+    import botocore.auth
+    import botocore.awsrequest
+    import botocore.credentials
+
+    def signed(method, url, secret="right-secret", body=None, date=None):
+        req = botocore.awsrequest.AWSRequest(method=method, url=url, data=body,
+                                             headers={"Content-Type": "application/fhir+json"} if body else {})
+        signer = botocore.auth.SigV4Auth(botocore.credentials.Credentials("AKIDFHIRLAKE", secret),
+                                         "healthlake", "us-east-1")
+        real = botocore.auth.datetime.datetime
+        if date:  # botocore reads the clock itself: sign as if it were `date`
+            class Then(real):
+                @classmethod
+                def now(cls, tz=None):
+                    return date.replace(tzinfo=tz)
+
+                @classmethod
+                def utcnow(cls):
+                    return date
+            botocore.auth.datetime.datetime = Then
+        try:
+            signer.add_auth(req)
+        finally:
+            botocore.auth.datetime.datetime = real
+        prepared = req.prepare()
+        return requests.request(method, prepared.url, headers=dict(prepared.headers), data=body, timeout=30)
+
+    props = client(endpoint, key="AKIDFHIRLAKE", secret="right-secret").list_fhir_datastores()["DatastorePropertiesList"]
+    base = next(p["DatastoreEndpoint"] for p in props if p["DatastoreStatus"] == "ACTIVE")
+    patient = json.dumps({"resourceType": "Patient", "id": "sig-1", "name": [{"family": "Signed"}]})
+    r = signed("PUT", base + "Patient/sig-1", body=patient)
+    check("SigV4 FHIR: a signed PUT is served", r.status_code in (200, 201), r.text[:200])
+    r = signed("GET", base + "Patient?family=Signed&_count=5")
+    check("SigV4 FHIR: a signed search with a query string is served",
+          r.status_code == 200 and r.json().get("total", len(r.json().get("entry", []))) >= 1, r.text[:200])
+    r = requests.get(base + "Patient/sig-1", timeout=30)
+    check("SigV4 FHIR: an unsigned read is refused (403 OperationOutcome)",
+          r.status_code == 403 and r.json().get("resourceType") == "OperationOutcome", r.text[:200])
+    r = signed("GET", base + "Patient/sig-1", secret="wrong-secret")
+    check("SigV4 FHIR: a wrong secret is refused", r.status_code == 403, r.text[:200])
+    import datetime
+    r = signed("GET", base + "Patient/sig-1", date=datetime.datetime(2020, 1, 1))
+    check("SigV4 FHIR: a replayed old signature is refused", r.status_code == 403 and "expired" in r.text, r.text[:200])
+    req = botocore.awsrequest.AWSRequest(method="PUT", url=base + "Patient/sig-1", data=patient,
+                                         headers={"Content-Type": "application/fhir+json"})
+    botocore.auth.SigV4Auth(botocore.credentials.Credentials("AKIDFHIRLAKE", "right-secret"),
+                            "healthlake", "us-east-1").add_auth(req)
+    prepared = req.prepare()
+    tampered = patient.replace("Signed", "Tampered")
+    r = requests.put(prepared.url, headers=dict(prepared.headers), data=tampered, timeout=30)
+    check("SigV4 FHIR: a body changed after signing is refused", r.status_code == 403, r.text[:200])
+    r = requests.get(base + "metadata", timeout=30)
+    check("SigV4 FHIR: the CapabilityStatement stays public", r.status_code == 200, r.text[:200])
 finally:
     stop_server(server)
 

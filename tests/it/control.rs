@@ -395,7 +395,7 @@ async fn bad_requests_get_aws_shaped_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_are_required_when_keys_are_configured() {
     let c = Control::start(|dir| ControlConfig {
-        access_key: Some(fhirlake::control::sigv4::AccessKey {
+        access_key: Some(fhirlake::auth::sigv4::AccessKey {
             id: "AKID".into(),
             secret: "secret".into(),
         }),

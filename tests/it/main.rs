@@ -13,5 +13,7 @@ mod lake;
 mod repl;
 mod schema_gen;
 mod search;
+mod smart;
 mod sql_dialect;
 mod sql_examples;
+mod tls;

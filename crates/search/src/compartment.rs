@@ -6,13 +6,15 @@
 //! `schemas/compartments/patient.json` (by `fhirlake-gen`) and resolved here through the compiled search
 //! catalogue, so membership is decided on the stored JSON without FHIRPath at run time.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use crate::Catalog;
 use crate::catalog::{Path, Step};
+use crate::eval::{Criterion, Test};
+use crate::query::Filter;
 
 /// Where the generated definition lives under `schemas/`.
 pub const COMPARTMENT_FILE: &str = "compartments/patient.json";
@@ -90,6 +92,79 @@ impl PatientCompartment {
                 }
             }
         }
+        out
+    }
+}
+
+impl PatientCompartment {
+    /// Whether `resource` belongs to the compartment of one of `patients`.
+    pub fn contains(
+        &self,
+        resource_type: &str,
+        resource: &Value,
+        patients: &BTreeSet<String>,
+    ) -> bool {
+        self.patients(resource_type, resource)
+            .iter()
+            .any(|p| patients.contains(p))
+    }
+
+    /// The filter keeping only resources of `resource_type` in the compartments of
+    /// `patients`: their own Patient resources by id, other types by the compartment's
+    /// references. A type no patient compartment holds gets a filter that matches nothing.
+    pub fn filter(&self, resource_type: &str, patients: &BTreeSet<String>) -> Filter {
+        if resource_type == "Patient" {
+            return Filter::Ids(patients.iter().cloned().collect());
+        }
+        match self.paths.get(resource_type) {
+            Some(paths) if !paths.is_empty() => Filter::Criterion(Criterion::Paths {
+                paths: paths.clone(),
+                test: Test::Reference(
+                    patients
+                        .iter()
+                        .map(|p| (Some("Patient".to_string()), p.clone()))
+                        .collect(),
+                ),
+                negate: false,
+            }),
+            _ => Filter::Ids(Vec::new()),
+        }
+    }
+
+    /// `filters` with every table they read confined to the compartments of `patients`: the
+    /// searched type and, recursively, the targets of chains and the sources of `_has`, so no
+    /// part of a search can select or reveal another patient's resources.
+    pub fn confine(
+        &self,
+        resource_type: &str,
+        filters: &[Filter],
+        patients: &BTreeSet<String>,
+    ) -> Vec<Filter> {
+        let mut out: Vec<Filter> = filters
+            .iter()
+            .map(|f| match f {
+                Filter::Chain {
+                    param,
+                    target,
+                    inner,
+                } => Filter::Chain {
+                    param: param.clone(),
+                    target,
+                    inner: self.confine(target, inner, patients),
+                },
+                Filter::Has {
+                    source,
+                    param,
+                    inner,
+                } => Filter::Has {
+                    source,
+                    param: param.clone(),
+                    inner: self.confine(source, inner, patients),
+                },
+                other => other.clone(),
+            })
+            .collect();
+        out.push(self.filter(resource_type, patients));
         out
     }
 }

@@ -7,7 +7,7 @@
 //! snapshot, so later pages do not shift under concurrent writes.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -15,6 +15,7 @@ use arrow::datatypes::Int64Type;
 use serde_json::Value;
 
 use super::catalog::{ParamType, Path, SearchParam, Step};
+use super::compartment::PatientCompartment;
 use super::eval::{Criterion, KeyColumn, SortKeySpec, SortKind, Test, flatten};
 use super::query::{
     Filter, Include, MAX_CHAIN_MATCHES, SearchError, SearchRequest, Summary, Total,
@@ -272,6 +273,17 @@ impl Searcher {
 
     /// Runs `req` and returns one page.
     pub async fn search(&self, req: &SearchRequest) -> Result<SearchPage, ExecError> {
+        let confined;
+        let req = match &req.patients {
+            None => req,
+            Some(patients) => {
+                let mut r = req.clone();
+                r.filters =
+                    PatientCompartment::global().confine(req.resource_type, &req.filters, patients);
+                confined = r;
+                &confined
+            }
+        };
         let (snapshot, offset) = match &req.cursor {
             Some(c) => parse_cursor(c)?,
             None => (None, 0),
@@ -555,6 +567,9 @@ impl Searcher {
             out.extend(added.iter().cloned());
             frontier = added;
         }
+        if let Some(patients) = &req.patients {
+            out.retain(|v| in_compartment(v, patients));
+        }
         out.truncate(MAX_INCLUDES);
         Ok(out)
     }
@@ -615,6 +630,16 @@ impl Searcher {
             .await?;
         self.load(inc.source, &found).await
     }
+}
+
+/// Whether a stored version belongs to one of `patients`' compartments.
+fn in_compartment(v: &StoredVersion, patients: &BTreeSet<String>) -> bool {
+    v.json
+        .as_deref()
+        .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        .is_some_and(|json| {
+            PatientCompartment::global().contains(&v.resource_type, &json, patients)
+        })
 }
 
 fn guard_chain(found: usize, what: &str) -> Result<(), SearchError> {

@@ -119,6 +119,9 @@ pub struct SearchRequest {
     pub ignored: Vec<String>,
     /// The parameters that define the search (for `self`/`next` links), in request order.
     pub link_params: Vec<(String, String)>,
+    /// When set, the search sees only resources in these patients' compartments (a SMART
+    /// patient-level grant): matches, chains, `_has` and includes alike.
+    pub patients: Option<std::collections::BTreeSet<String>>,
 }
 
 /// Parses `params` (decoded name/value pairs) for a search of `resource_type`.
@@ -141,6 +144,7 @@ pub fn parse(
         cursor: None,
         ignored: Vec::new(),
         link_params: Vec::new(),
+        patients: None,
     };
     for (name, raw) in params {
         if name != CURSOR_PARAM && name != "_format" && name != "_pretty" {

@@ -4,6 +4,7 @@
 //! lake of a data directory) and, while serving, one [`registry`] of live data stores.
 
 pub mod api;
+pub mod auth;
 pub mod control;
 pub mod export;
 pub mod flight;
@@ -11,6 +12,7 @@ pub mod ingest;
 pub mod installation;
 pub mod origin;
 pub mod registry;
+pub mod tls;
 
 /// Selects rustls' process-wide crypto provider (ring) before any TLS is set up; idempotent.
 ///

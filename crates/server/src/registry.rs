@@ -18,6 +18,8 @@ use fhirlake_search::Searcher;
 use fhirlake_sql::{SqlEngine, SqlError};
 use fhirlake_store::{Datastore, StoreError};
 
+use crate::auth::DatastoreAuth;
+use crate::auth::config::ConfigError;
 use crate::installation::Installation;
 
 /// Errors activating data stores or flushing their lake syncs.
@@ -27,6 +29,11 @@ pub enum RegistryError {
     Store(#[from] StoreError),
     #[error("data store '{datastore}' cannot be queried with SQL: {source}")]
     Sql { datastore: String, source: SqlError },
+    #[error("data store '{datastore}' has an unusable identity configuration: {source}")]
+    Identity {
+        datastore: String,
+        source: ConfigError,
+    },
     #[error("final lake sync of data store '{datastore}' failed: {source}")]
     FinalSync {
         datastore: String,
@@ -40,6 +47,8 @@ pub struct Live {
     /// Its background lake sync (`catch_up` makes earlier writes visible to SQL and search).
     pub sync: SyncHandle,
     pub searcher: Arc<Searcher>,
+    /// Who may call it: its identity provider configuration (immutable after creation).
+    pub auth: Arc<DatastoreAuth>,
 }
 
 /// The registry; cheap to clone (all clones share it).
@@ -85,7 +94,7 @@ impl Registry {
         let registry = Self::empty(installation, sync_interval)?;
         for ds in registry.installation().store.list_datastores().await? {
             if ds.status.is_served() {
-                registry.activate(ds)?;
+                registry.activate(ds).await?;
             }
         }
         Ok(registry)
@@ -124,9 +133,17 @@ impl Registry {
     }
 
     /// Starts serving `ds` everywhere: its lake sync, its searcher and its SQL tables.
-    /// Replaces an earlier activation of the same id.
-    pub fn activate(&self, ds: Datastore) -> Result<(), RegistryError> {
+    /// Replaces an earlier activation of the same id. A data store whose identity
+    /// configuration cannot be read is not served (fail closed).
+    pub async fn activate(&self, ds: Datastore) -> Result<(), RegistryError> {
         let inst = &self.inner.installation;
+        let properties = inst.store.datastore_properties(&ds.id).await?;
+        let auth = DatastoreAuth::from_properties(&properties).map_err(|source| {
+            RegistryError::Identity {
+                datastore: ds.name.clone(),
+                source,
+            }
+        })?;
         self.inner
             .sql
             .register_datastore_lazy(&ds.name, LakeTable::factories(&inst.lake, &ds.name))
@@ -147,6 +164,7 @@ impl Registry {
             ds: ds.clone(),
             sync: sync.handle(),
             searcher: Arc::new(searcher),
+            auth: Arc::new(auth),
         });
         write(&self.inner.live).insert(ds.id.clone(), live);
         lock(&self.inner.syncs).push((ds, sync));

@@ -14,10 +14,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::bundle_out::{BundleOut, EntryOut, EntryResponseOut, new_id, now, raw, status_line};
-use super::context::Ctx;
+use super::context::{Ctx, check_in_grant};
 use super::error::ApiError;
 use super::format::{Body, Params, Reply, ReturnPreference, etag};
 use super::interactions::{self as ix, ReadConditions};
+use crate::auth::scopes::Action;
 use fhirlake_store::AppliedWrite;
 use fhirlake_store::ConditionalWrite;
 use fhirlake_store::NewResource;
@@ -407,11 +408,63 @@ async fn transaction(
     // Validate and plan the writes in processing order.
     let mut order: Vec<usize> = (0..requests.len()).collect();
     order.sort_by_key(|&i| requests[i].order());
-    let Plan { writes, planned } = plan_writes(&requests, &order, identities)?;
+    let Plan {
+        mut writes,
+        planned,
+    } = plan_writes(&requests, &order, identities)?;
+    authorize(ctx, &requests, &planned, &mut writes).await?;
 
     let applied = commit(ctx, writes).await?;
     let results = answer_entries(ctx, &requests, &order, planned, &applied, prefer).await;
     transaction_response(&ctx.base, results)
+}
+
+/// Authorizes every entry before anything is written: a transaction the caller may not run
+/// in full writes nothing. Reads are checked against what exists now (the same checks run
+/// again when they are answered); writes under a compartment grant expect the version that
+/// was checked.
+async fn authorize(
+    ctx: &Ctx,
+    requests: &[Request<'_>],
+    planned: &HashMap<usize, Planned>,
+    writes: &mut [ConditionalWrite],
+) -> Result<(), ApiError> {
+    for (i, request) in requests.iter().enumerate() {
+        let checked = match (request, planned.get(&i)) {
+            (Request::Get { target, .. }, _) => authorize_read(ctx, target).await,
+            (_, Some(Planned::Write(w))) => authorize_write(ctx, &mut writes[*w]).await,
+            _ => Ok(()),
+        };
+        checked.map_err(|e| at_entry(i, e))?;
+    }
+    Ok(())
+}
+
+async fn authorize_read(ctx: &Ctx, target: &Target) -> Result<(), ApiError> {
+    match target {
+        Target::Instance(t, id) | Target::Version(t, id, _) | Target::InstanceHistory(t, id) => {
+            let grant = ctx.grant(t, Action::Read)?;
+            ix::guard_existing(ctx, &grant, t, id, None).await.map(drop)
+        }
+        Target::Type(t) | Target::TypeHistory(t) => ctx.grant(t, Action::Read).map(drop),
+        Target::SystemHistory => Ok(()),
+    }
+}
+
+async fn authorize_write(ctx: &Ctx, write: &mut ConditionalWrite) -> Result<(), ApiError> {
+    let r = &write.resource;
+    let action = match (&r.json, write.expected_version) {
+        (None, _) => Action::Delete,
+        (Some(_), Some(0)) => Action::Create,
+        (Some(_), _) => Action::Update,
+    };
+    let grant = ctx.grant(&r.resource_type, action)?;
+    if r.json.is_some() {
+        check_in_grant(&grant, &r.resource_type, r.json.as_deref())?;
+    }
+    write.expected_version =
+        ix::guard_existing(ctx, &grant, &r.resource_type, &r.id, write.expected_version).await?;
+    Ok(())
 }
 
 /// Every entry's request, checked before anything is read or written: one bad entry fails

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use super::bundle_out::now;
 use super::error::ApiError;
 use super::format::{Body, Reply};
+use crate::auth::config::SmartMetadata;
 use fhirlake_schema::Registry;
 use fhirlake_search::Catalog;
 use fhirlake_store::Datastore;
@@ -115,7 +116,11 @@ impl Interaction {
 }
 
 /// The CapabilityStatement for `base` (a data store's base URL, or the server root).
-pub fn statement(base: &str, datastore: Option<&Datastore>) -> Value {
+pub fn statement(
+    base: &str,
+    datastore: Option<&Datastore>,
+    smart: Option<&SmartMetadata>,
+) -> Value {
     let codes = |type_level: bool| -> Vec<Value> {
         let mut seen = Vec::new();
         for i in SUPPORTED {
@@ -179,7 +184,7 @@ pub fn statement(base: &str, datastore: Option<&Datastore>) -> Value {
         None => "fhirlake FHIR R4 server; data stores are served at /datastore/{datastoreId}/r4/"
             .to_string(),
     };
-    json!({
+    let mut statement = json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": now(),
@@ -195,12 +200,56 @@ pub fn statement(base: &str, datastore: Option<&Datastore>) -> Value {
             "resource": resources,
             "interaction": system_interactions,
         }],
+    });
+    if let Some(smart) = smart {
+        statement["rest"][0]["security"] = security(smart);
+    }
+    statement
+}
+
+/// `rest.security` of a SMART on FHIR data store: the SMART service coding and the OAuth
+/// endpoints (SMART App Launch 1.0's `oauth-uris` extension; 2.0 clients read
+/// `.well-known/smart-configuration`).
+fn security(smart: &SmartMetadata) -> Value {
+    let mut uris = vec![
+        json!({"url": "authorize", "valueUri": smart.authorization_endpoint}),
+        json!({"url": "token", "valueUri": smart.token_endpoint}),
+    ];
+    for (url, key) in [
+        ("register", "registration_endpoint"),
+        ("manage", "management_endpoint"),
+        ("introspect", "introspection_endpoint"),
+        ("revoke", "revocation_endpoint"),
+    ] {
+        if let Some(uri) = smart.document.get(key).and_then(Value::as_str) {
+            uris.push(json!({"url": url, "valueUri": uri}));
+        }
+    }
+    json!({
+        "cors": true,
+        "service": [{
+            "coding": [{
+                "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                "code": "SMART-on-FHIR",
+                "display": "SMART-on-FHIR",
+            }],
+            "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+        }],
+        "extension": [{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": uris,
+        }],
     })
 }
 
 /// The CapabilityStatement as a reply.
-pub fn reply(base: &str, datastore: Option<&Datastore>) -> Result<Reply, ApiError> {
-    let text = serde_json::to_string(&statement(base, datastore)).map_err(ApiError::internal)?;
+pub fn reply(
+    base: &str,
+    datastore: Option<&Datastore>,
+    smart: Option<&SmartMetadata>,
+) -> Result<Reply, ApiError> {
+    let text =
+        serde_json::to_string(&statement(base, datastore, smart)).map_err(ApiError::internal)?;
     Ok(Reply::new(StatusCode::OK, Body::Json(text)))
 }
 
@@ -210,7 +259,7 @@ mod tests {
 
     #[test]
     fn lists_every_registry_type_and_routed_interaction() {
-        let cs = statement("http://x/datastore/d/r4", None);
+        let cs = statement("http://x/datastore/d/r4", None, None);
         let resources = cs["rest"][0]["resource"].as_array().unwrap();
         assert_eq!(resources.len(), Registry::global().resource_types().count());
         let patient = resources.iter().find(|r| r["type"] == "Patient").unwrap();

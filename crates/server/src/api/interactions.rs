@@ -9,10 +9,12 @@ use serde_json::value::RawValue;
 use super::bundle_out::{
     BundleLink, BundleOut, EntryOut, EntryRequestOut, EntryResponseOut, new_id, raw, status_line,
 };
-use super::context::Ctx;
+use super::context::{Ctx, check_in_grant};
 use super::error::ApiError;
 use super::format::{Body, Params, Reply, ReturnPreference, etag};
 use super::json;
+use crate::auth::Grant;
+use crate::auth::scopes::Action;
 use crate::ingest::validate::{check_id, validate_resource};
 use fhirlake_schema::Registry;
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
@@ -227,6 +229,7 @@ pub async fn read(
     id: &str,
     conditions: &ReadConditions,
 ) -> Result<Reply, ApiError> {
+    let grant = ctx.grant(resource_type, Action::Read)?;
     let Some(current) = ctx
         .store()
         .read_current(&ctx.ds.id, resource_type, id)
@@ -242,6 +245,7 @@ pub async fn read(
             current.version, current.last_updated
         )));
     }
+    check_in_grant(&grant, resource_type, current.json.as_deref())?;
     if conditions.not_modified(&current) {
         return Ok(not_modified(&current));
     }
@@ -256,6 +260,7 @@ pub async fn vread(
     vid: &str,
     conditions: &ReadConditions,
 ) -> Result<Reply, ApiError> {
+    let grant = ctx.grant(resource_type, Action::Read)?;
     let version: i64 = vid.parse().ok().filter(|v| *v > 0).ok_or_else(|| {
         ApiError::not_found(format!(
             "Version '{vid}' of {resource_type}/{id} is not known: versions are positive integers"
@@ -275,6 +280,7 @@ pub async fn vread(
             "Version {version} of {resource_type}/{id} is a deletion"
         )));
     }
+    check_in_grant(&grant, resource_type, v.json.as_deref())?;
     if conditions.not_modified(&v) {
         return Ok(not_modified(&v));
     }
@@ -305,8 +311,10 @@ pub async fn create(
     if_none_exist: Option<&str>,
     prefer: ReturnPreference,
 ) -> Result<Reply, ApiError> {
+    let grant = ctx.grant(resource_type, Action::Create)?;
     let id = new_id();
     let new = prepare_create(resource_type, body, &id)?;
+    check_in_grant(&grant, resource_type, new.json.as_deref())?;
     if let Some(query) = if_none_exist {
         let mut matches = if_none_exist_matches(ctx, resource_type, query).await?;
         match matches.len() {
@@ -352,12 +360,43 @@ pub async fn update(
     if_match: Option<i64>,
     prefer: ReturnPreference,
 ) -> Result<Reply, ApiError> {
+    let grant = ctx.grant(resource_type, Action::Update)?;
     let new = prepare_update(resource_type, id, body)?;
+    check_in_grant(&grant, resource_type, new.json.as_deref())?;
+    let expected = guard_existing(ctx, &grant, resource_type, id, if_match).await?;
     let applied = ctx
         .store()
-        .put_if_version(&ctx.ds.id, new, if_match)
+        .put_if_version(&ctx.ds.id, new, expected)
         .await?;
     Ok(write_reply(&applied, prefer))
+}
+
+/// Under a compartment grant, the resource being replaced or deleted must lie within it too;
+/// the write then expects the version that was checked, so a concurrent change cannot slip
+/// another patient's resource under it. Returns the version the write must expect.
+pub(super) async fn guard_existing(
+    ctx: &Ctx,
+    grant: &Grant,
+    resource_type: &str,
+    id: &str,
+    if_match: Option<i64>,
+) -> Result<Option<i64>, ApiError> {
+    if *grant == Grant::All {
+        return Ok(if_match);
+    }
+    check_id(id).map_err(ApiError::validation)?;
+    let current = ctx
+        .store()
+        .read_current(&ctx.ds.id, resource_type, id)
+        .await?;
+    match current {
+        Some(v) if !v.deleted => {
+            check_in_grant(grant, resource_type, v.json.as_deref())?;
+            Ok(if_match.or(Some(v.version)))
+        }
+        Some(v) => Ok(if_match.or(Some(v.version))),
+        None => Ok(if_match.or(Some(0))),
+    }
 }
 
 /// `DELETE [type]/[id]`: 204, also when there is nothing to delete (idempotent).
@@ -367,7 +406,9 @@ pub async fn delete(
     id: &str,
     if_match: Option<i64>,
 ) -> Result<Reply, ApiError> {
+    let grant = ctx.grant(resource_type, Action::Delete)?;
     check_id(id).map_err(ApiError::validation)?;
+    let expected = guard_existing(ctx, &grant, resource_type, id, if_match).await?;
     let deletion = NewResource {
         resource_type: resource_type.to_string(),
         id: id.to_string(),
@@ -375,7 +416,7 @@ pub async fn delete(
     };
     let applied = ctx
         .store()
-        .put_if_version(&ctx.ds.id, deletion, if_match)
+        .put_if_version(&ctx.ds.id, deletion, expected)
         .await?;
     let mut reply = Reply::new(StatusCode::NO_CONTENT, Body::None);
     reply.version = applied.written.map(|w| w.version);
@@ -392,6 +433,7 @@ pub async fn conditional_update(
     body: &[u8],
     prefer: ReturnPreference,
 ) -> Result<Reply, ApiError> {
+    let grant = ctx.grant(resource_type, Action::Update)?;
     let members = members_of(body_text(body)?)?;
     check_body_type(&members, resource_type)?;
     let body_id = json::string_member(&members, "id");
@@ -435,6 +477,7 @@ pub async fn conditional_update(
             )));
         }
     };
+    check_in_grant(&grant, resource_type, new.json.as_deref())?;
     let applied = ctx
         .store()
         .put_if_version(&ctx.ds.id, new, expected)
@@ -521,6 +564,12 @@ pub async fn history(
     if let Some(id) = id {
         check_id(id).map_err(ApiError::validation)?;
     }
+    if let Some(t) = resource_type {
+        let grant = ctx.grant(t, Action::Read)?;
+        if let Some(id) = id {
+            guard_existing(ctx, &grant, t, id, None).await?;
+        }
+    }
     let query = HistoryQuery {
         resource_type: resource_type.map(String::from),
         id: id.map(String::from),
@@ -561,7 +610,8 @@ pub async fn history(
             url: link(Some(next)),
         });
     }
-    for v in page.versions {
+    // A confined or partial grant sees only the versions it reaches.
+    for v in page.versions.into_iter().filter(|v| ctx.may_read(v)) {
         bundle.entry.push(history_entry(&ctx.base, v)?);
     }
     Ok(Reply::new(StatusCode::OK, Body::Json(bundle.to_json()?)))

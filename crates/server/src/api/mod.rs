@@ -25,9 +25,11 @@ use std::time::Duration;
 
 use axum::Router;
 
+use crate::auth::sigv4::AccessKey;
 use crate::installation::{Installation, InstallationError};
 use crate::origin::HttpOrigin;
 use crate::registry::{Live, Registry, RegistryError};
+use crate::tls::TlsListener;
 use fhirlake_store::{Datastore, StoreError};
 
 pub use error::ApiError;
@@ -42,6 +44,11 @@ pub struct ApiConfig {
     /// How often each data store's changes are committed to the lake (the registry's
     /// interval when [`Server::bind`] opens it).
     pub sync_interval: Duration,
+    /// The key AWS_AUTH data stores' requests must be signed with (SigV4).
+    pub access_key: Option<AccessKey>,
+    /// Whether AWS_AUTH data stores answer unsigned requests when there is no key (the
+    /// server allows it on loopback, or off it with `--insecure`).
+    pub open: bool,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +57,8 @@ impl Default for ApiConfig {
             body_limit: 16 << 20,
             max_bundle_entries: 160,
             sync_interval: Duration::from_millis(500),
+            access_key: None,
+            open: true,
         }
     }
 }
@@ -123,6 +132,8 @@ pub fn router(state: ApiState) -> Router {
 /// A bound, not yet running server.
 pub struct Server {
     listener: tokio::net::TcpListener,
+    /// Set when the listener serves TLS (its URLs then say `https`).
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
     local_addr: SocketAddr,
     /// More routes served next to the FHIR API (the control plane).
@@ -148,14 +159,38 @@ impl Server {
         addr: SocketAddr,
         config: ApiConfig,
     ) -> Result<Self, ServeError> {
+        Self::bind_listener(registry, addr, config, None).await
+    }
+
+    /// Like [`Server::bind_registry`], but serves HTTPS only, with `tls` (see
+    /// [`crate::tls::server_config`]); every URL the server hands out says `https`.
+    pub async fn bind_registry_tls(
+        registry: Registry,
+        addr: SocketAddr,
+        config: ApiConfig,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<Self, ServeError> {
+        Self::bind_listener(registry, addr, config, Some(tls)).await
+    }
+
+    async fn bind_listener(
+        registry: Registry,
+        addr: SocketAddr,
+        config: ApiConfig,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Self, ServeError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| ServeError::Bind(addr, e))?;
         let local_addr = listener.local_addr()?;
-        let state = ApiState::new(registry, config, HttpOrigin::new(local_addr.to_string()));
+        let origin = match tls {
+            Some(_) => HttpOrigin::https(local_addr.to_string()),
+            None => HttpOrigin::new(local_addr.to_string()),
+        };
         Ok(Self {
             listener,
-            state,
+            tls,
+            state: ApiState::new(registry, config, origin),
             local_addr,
             extra: Vec::new(),
         })
@@ -174,7 +209,7 @@ impl Server {
         self.extra.push(routes);
     }
 
-    /// Each served data store with its full FHIR base URL (`http://…/datastore/<id>/r4/`).
+    /// Each served data store with its full FHIR base URL (`http(s)://…/datastore/<id>/r4/`).
     pub fn base_urls(&self) -> Vec<(Arc<Datastore>, String)> {
         let origin = self.state.origin();
         self.state
@@ -204,9 +239,10 @@ impl Server {
                 writes.clone(),
                 detach::run_to_completion,
             ));
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = match self.tls {
+            None => serve_on(self.listener, app, shutdown).await,
+            Some(tls) => serve_on(TlsListener::new(self.listener, tls)?, app, shutdown).await,
+        };
         // Writes whose clients left are still running on their own tasks.
         writes.close();
         writes.wait().await;
@@ -215,6 +251,22 @@ impl Server {
         served?;
         Ok(flushed?)
     }
+}
+
+/// Serves `app` on `listener` (plain TCP or [`TlsListener`]) until `shutdown`, then waits for
+/// in-flight requests.
+async fn serve_on<L>(
+    listener: L,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// Binds `addr`, prints each data store's base URL on stdout, and serves until `shutdown`

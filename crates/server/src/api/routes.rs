@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use axum::Router;
 use axum::body::{Body as AxumBody, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, Request, State};
 use axum::http::header::{self, HeaderMap};
 use axum::http::{StatusCode, Uri};
 use axum::middleware;
@@ -26,6 +26,8 @@ use super::format::{
 };
 use super::interactions::{self as ix, ReadConditions};
 use super::{bundle, capability, lake_status};
+use crate::auth::Caller;
+use crate::auth::http::{Authn, authenticate};
 
 /// Header carrying the request id (set when the client sends none, echoed in the response).
 const REQUEST_ID: &str = "x-request-id";
@@ -36,7 +38,11 @@ pub(super) fn router(state: ApiState) -> Router {
     let mut routes = Router::new()
         .route("/metadata", get(root_metadata))
         .route("/metrics", get(metrics_handler))
-        .route(&format!("{base}/$lake-status"), get(lake_status_handler));
+        .route(&format!("{base}/$lake-status"), get(lake_status_handler))
+        .route(
+            &format!("{base}/.well-known/smart-configuration"),
+            get(smart_configuration),
+        );
     // One route per advertised interaction: the CapabilityStatement is generated from the
     // same table, so the two cannot disagree.
     let mut seen = HashSet::new();
@@ -67,10 +73,18 @@ pub(super) fn router(state: ApiState) -> Router {
         }
         routes = routes.route(&path, handler);
     }
+    let authn = Authn::new(
+        state.registry().clone(),
+        state.origin().clone(),
+        state.config().access_key.clone(),
+        state.config().open,
+        body_limit,
+    );
     let routes = routes
         .fallback(unknown_path)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state);
+        .with_state(state)
+        .layer(middleware::from_fn_with_state(authn, authenticate));
     let request_id = axum::http::HeaderName::from_static(REQUEST_ID);
     routes
         .layer(DefaultBodyLimit::max(body_limit))
@@ -113,6 +127,7 @@ fn prepare(
     ds_id: &str,
     headers: &HeaderMap,
     query: Option<&str>,
+    caller: Caller,
 ) -> Result<Prepared, Box<Response>> {
     let params = Params::parse(query);
     let format =
@@ -133,6 +148,7 @@ fn prepare(
             ds: live.ds.clone(),
             live,
             base,
+            caller,
         },
         format,
         params,
@@ -140,8 +156,8 @@ fn prepare(
 }
 
 macro_rules! prepared {
-    ($state:expr, $ds:expr, $headers:expr, $query:expr) => {
-        match prepare(&$state, &$ds, &$headers, $query.as_deref()) {
+    ($state:expr, $ds:expr, $headers:expr, $query:expr, $caller:expr) => {
+        match prepare(&$state, &$ds, &$headers, $query.as_deref(), $caller) {
             Ok(p) => p,
             Err(response) => return *response,
         }
@@ -193,7 +209,7 @@ async fn root_metadata(
         Err(e) => return render(Err(e), Format::default(), ""),
     };
     render(
-        capability::reply(&state.origin().root(&headers), None),
+        capability::reply(&state.origin().root(&headers), None, None),
         format,
         "",
     )
@@ -201,36 +217,71 @@ async fn root_metadata(
 
 async fn metadata(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     render(
-        capability::reply(&p.ctx.base, Some(&p.ctx.ds)),
+        capability::reply(
+            &p.ctx.base,
+            Some(&p.ctx.ds),
+            p.ctx.live.auth.smart_metadata(),
+        ),
         p.format,
         &p.ctx.base,
     )
 }
 
+/// SMART's discovery document: the data store's `Metadata`, public (SMART App Launch; the
+/// guide's "Fetching a SMART on FHIR enabled data store's Discovery Document").
+async fn smart_configuration(State(state): State<ApiState>, Path(ds): Path<String>) -> Response {
+    let document = state
+        .datastore(&ds)
+        .and_then(|live| live.auth.smart_metadata().map(|m| m.document.clone()));
+    match document {
+        Some(document) => Response::builder()
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(AxumBody::from(
+                serde_json::Value::Object(document).to_string(),
+            ))
+            .expect("static response parts"),
+        None => render(
+            Err(ApiError::not_found(format!(
+                "No SMART on FHIR data store with id '{ds}' (its AuthorizationStrategy is \
+                 not SMART_ON_FHIR_V1 or SMART_ON_FHIR)"
+            ))),
+            Format::default(),
+            "",
+        ),
+    }
+}
+
 async fn lake_status_handler(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
-    render(lake_status::reply(&p.ctx).await, p.format, &p.ctx.base)
+    let p = prepared!(state, ds, headers, query, caller);
+    let result = match p.ctx.caller.system_any("$lake-status") {
+        Ok(()) => lake_status::reply(&p.ctx).await,
+        Err(e) => Err(e.into()),
+    };
+    render(result, p.format, &p.ctx.base)
 }
 
 async fn system_post(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let body = write_body(&headers, body)?;
         bundle::process(&p.ctx, &body, ReturnPreference::from_headers(&headers)).await
@@ -241,12 +292,13 @@ async fn system_post(
 
 async fn create(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         let body = write_body(&headers, body)?;
@@ -265,11 +317,12 @@ async fn create(
 
 async fn read(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty, id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         ix::read(&p.ctx, ty, &id, &read_conditions(&headers)).await
@@ -280,11 +333,12 @@ async fn read(
 
 async fn vread(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty, id, vid)): Path<(String, String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         ix::vread(&p.ctx, ty, &id, &vid, &read_conditions(&headers)).await
@@ -295,12 +349,13 @@ async fn vread(
 
 async fn update(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty, id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         let if_match = ix::parse_if_match(header_str(&headers, header::IF_MATCH))?;
@@ -321,11 +376,12 @@ async fn update(
 
 async fn delete_handler(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty, id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         let if_match = ix::parse_if_match(header_str(&headers, header::IF_MATCH))?;
@@ -337,22 +393,24 @@ async fn delete_handler(
 
 async fn system_history(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = ix::history(&p.ctx, None, None, &p.params).await;
     render(result, p.format, &p.ctx.base)
 }
 
 async fn type_history(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         ix::history(&p.ctx, Some(ty), None, &p.params).await
@@ -363,11 +421,12 @@ async fn type_history(
 
 async fn instance_history(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty, id)): Path<(String, String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         ix::history(&p.ctx, Some(ty), Some(&id), &p.params).await
@@ -498,11 +557,12 @@ fn lenient(headers: &HeaderMap) -> bool {
 
 async fn search_type(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         let params = search_params(&p.params, &headers, None)?;
@@ -514,12 +574,13 @@ async fn search_type(
 
 async fn search_type_post(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         let body = body.map_err(|r| ApiError::bad_request(r.body_text()))?;
@@ -534,11 +595,12 @@ async fn search_type_post(
 /// there are several).
 async fn search_system(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let Some(types) = p.params.get("_type") else {
             return Err(ApiError::unsupported(
@@ -569,12 +631,13 @@ async fn search_system(
 
 async fn conditional_update(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         let body = write_body(&headers, body)?;
@@ -593,11 +656,12 @@ async fn conditional_update(
 
 async fn conditional_delete(
     State(state): State<ApiState>,
+    Extension(caller): Extension<Caller>,
     Path((ds, ty)): Path<(String, String)>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    let p = prepared!(state, ds, headers, query);
+    let p = prepared!(state, ds, headers, query, caller);
     let result = async {
         let ty = type_of(&ty)?;
         ix::conditional_delete(&p.ctx, ty, &p.params.0).await

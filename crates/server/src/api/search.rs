@@ -12,6 +12,7 @@ use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Reply};
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
+use fhirlake_search::compartment::PatientCompartment;
 use fhirlake_search::query::{self, CURSOR_PARAM, SearchRequest, Summary};
 use fhirlake_search::{Catalog, ExecError, SearchError};
 use fhirlake_store::reads::StoredVersion;
@@ -49,7 +50,8 @@ pub async fn search(
     lenient: bool,
     path: &str,
 ) -> Result<Reply, ApiError> {
-    let req = query::parse(resource_type, params, lenient)?;
+    let mut req = query::parse(resource_type, params, lenient)?;
+    ctx.confine_search(&mut req)?;
     catch_up(ctx).await?;
     let page = ctx.live.searcher.search(&req).await?;
     let mut bundle = BundleOut::new("searchset");
@@ -78,7 +80,7 @@ pub async fn search(
     for v in &page.matches {
         bundle.entry.push(entry(ctx, v, "match", &req)?);
     }
-    for v in &page.included {
+    for v in page.included.iter().filter(|v| ctx.may_read(v)) {
         bundle.entry.push(entry(ctx, v, "include", &req)?);
     }
     if !req.ignored.is_empty() {
@@ -226,7 +228,8 @@ pub async fn conditional_matches(
             "a conditional interaction needs search parameters that select the resource",
         ));
     }
-    let req = query::parse(resource_type, &searchable, false)?;
+    let mut req = query::parse(resource_type, &searchable, false)?;
+    ctx.confine_search(&mut req)?;
     if !req.includes.is_empty()
         || !req.revincludes.is_empty()
         || !req.sort.is_empty()
@@ -238,7 +241,11 @@ pub async fn conditional_matches(
     }
     catch_up(ctx).await?;
     let s = &ctx.live.searcher;
-    let keys = s.matching_ids(resource_type, &req.filters, limit).await?;
+    let filters = match &req.patients {
+        Some(p) => PatientCompartment::global().confine(resource_type, &req.filters, p),
+        None => req.filters.clone(),
+    };
+    let keys = s.matching_ids(resource_type, &filters, limit).await?;
     Ok(s.load(resource_type, &keys).await?)
 }
 

@@ -19,8 +19,9 @@ use std::collections::HashMap;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
@@ -29,6 +30,8 @@ use super::location::Location;
 use super::records::JobRecord;
 use super::staging::export_output_name;
 use super::{ControlError, ControlPlane};
+use crate::auth::Caller;
+use crate::auth::http::{Authn, authenticate};
 use crate::export::{ExportRequest, ExportScope};
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
 use fhirlake_store::{Datastore, JobKind, JobStatus};
@@ -54,7 +57,33 @@ pub fn router(control: ControlPlane) -> Router {
             get(status).delete(cancel),
         )
         .route(&format!("{base}/export/{{job}}/{{file}}"), get(file))
-        .with_state(control)
+        .with_state(control.clone())
+        .layer(middleware::from_fn_with_state(
+            authn(&control),
+            authenticate,
+        ))
+}
+
+/// Bulk Data authenticates like the FHIR API of the same data store.
+fn authn(control: &ControlPlane) -> Authn {
+    let config = control.config();
+    Authn::new(
+        control.registry().clone(),
+        control.origin().clone(),
+        config.access_key.clone(),
+        config.open,
+        1 << 20,
+    )
+}
+
+/// Exports read every resource they write out, so SMART callers need system-level scopes.
+fn permitted(caller: &Caller, types: Option<&[String]>) -> Result<(), Problem> {
+    // Without `_type` an export reads every type.
+    let all = ["*".to_string()];
+    let types = types.unwrap_or(&all);
+    caller
+        .system_read("$export", types.iter().map(String::as_str))
+        .map_err(|e| Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()))
 }
 
 fn outcome(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -132,35 +161,48 @@ fn base_url(headers: &HeaderMap, control: &ControlPlane, ds: &str) -> String {
 
 async fn system(
     State(c): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    kick_off(c, ds, ExportScope::System, uri, headers, q, body).await
+    kick_off(c, caller, ds, ExportScope::System, uri, headers, q, body).await
 }
 
 async fn patient(
     State(c): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     Path(ds): Path<String>,
     uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    kick_off(c, ds, ExportScope::Patient, uri, headers, q, body).await
+    kick_off(c, caller, ds, ExportScope::Patient, uri, headers, q, body).await
 }
 
 async fn group(
     State(c): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     Path((ds, group)): Path<(String, String)>,
     uri: Uri,
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
     body: Bytes,
 ) -> Response {
-    kick_off(c, ds, ExportScope::Group(group), uri, headers, q, body).await
+    kick_off(
+        c,
+        caller,
+        ds,
+        ExportScope::Group(group),
+        uri,
+        headers,
+        q,
+        body,
+    )
+    .await
 }
 
 /// The export request of a kick-off's parameters, or the 400 explaining what is wrong.
@@ -209,8 +251,10 @@ fn parse_request(
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn kick_off(
     c: ControlPlane,
+    caller: Caller,
     ds_id: String,
     scope: ExportScope,
     uri: Uri,
@@ -222,6 +266,13 @@ async fn kick_off(
         Ok(ds) => ds,
         Err(p) => return p.into_response(),
     };
+    let request = match parse_request(scope, &q) {
+        Ok(r) => r,
+        Err(p) => return p.into_response(),
+    };
+    if let Err(p) = permitted(&caller, request.types.as_deref()) {
+        return p.into_response();
+    }
     let prefer = headers
         .get("prefer")
         .and_then(|v| v.to_str().ok())
@@ -236,10 +287,6 @@ async fn kick_off(
             "$export runs asynchronously: send the header 'Prefer: respond-async'",
         );
     }
-    let request = match parse_request(scope, &q) {
-        Ok(r) => r,
-        Err(p) => return p.into_response(),
-    };
     let config: Value = if body.is_empty() {
         json!({})
     } else {
@@ -353,9 +400,13 @@ async fn export_job(
 
 async fn status(
     State(c): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     Path((ds, job_id)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
+    if let Err(e) = caller.system_any("$export") {
+        return Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into_response();
+    }
     let job = match export_job(&c, &ds, &job_id).await {
         Ok(j) => j,
         Err(r) => return r,
@@ -376,6 +427,7 @@ async fn status(
             r
         }
         JobStatus::Completed => {
+            let requires_token = matches!(caller, Caller::Smart(_));
             let base = base_url(&headers, &c, &ds);
             let record = JobRecord::of(&job);
             let output: Vec<Value> = record
@@ -395,7 +447,7 @@ async fn status(
                 &json!({
                     "transactionTime": record.transaction_time,
                     "request": record.request.unwrap_or_default(),
-                    "requiresAccessToken": false,
+                    "requiresAccessToken": requires_token,
                     "output": output,
                     "error": [],
                 }),
@@ -420,8 +472,12 @@ async fn status(
 
 async fn cancel(
     State(c): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     Path((ds, job_id)): Path<(String, String)>,
 ) -> Response {
+    if let Err(e) = caller.system_any("$export") {
+        return Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into_response();
+    }
     if let Err(r) = export_job(&c, &ds, &job_id).await {
         return r;
     }
@@ -442,8 +498,12 @@ async fn cancel(
 
 async fn file(
     State(c): State<ControlPlane>,
+    Extension(caller): Extension<Caller>,
     Path((ds, job_id, name)): Path<(String, String, String)>,
 ) -> Response {
+    if let Err(e) = caller.system_any("$export") {
+        return Problem::new(StatusCode::FORBIDDEN, "forbidden", e.to_string()).into_response();
+    }
     let job = match export_job(&c, &ds, &job_id).await {
         Ok(j) => j,
         Err(r) => return r,

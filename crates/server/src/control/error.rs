@@ -89,3 +89,15 @@ impl From<StoreError> for ControlError {
         }
     }
 }
+
+impl From<crate::auth::sigv4::SigV4Error> for ControlError {
+    fn from(e: crate::auth::sigv4::SigV4Error) -> Self {
+        use crate::auth::sigv4::SigV4Error as E;
+        match e {
+            E::MissingAuthenticationToken(m) => Self::MissingAuthenticationToken(m),
+            E::IncompleteSignature(m) => Self::IncompleteSignature(m),
+            E::UnrecognizedClient(m) => Self::UnrecognizedClient(m),
+            E::InvalidSignature(m) => Self::InvalidSignature(m),
+        }
+    }
+}

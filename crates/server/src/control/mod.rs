@@ -23,7 +23,6 @@ pub mod records;
 pub mod requests;
 pub mod responses;
 mod shapes;
-pub mod sigv4;
 pub mod staging;
 pub mod wire;
 
@@ -72,7 +71,7 @@ pub struct ControlConfig {
     pub create_delete_interval: Option<Duration>,
     /// The key pair requests must be signed with (SigV4); `None` accepts unsigned requests
     /// and does not check signatures.
-    pub access_key: Option<sigv4::AccessKey>,
+    pub access_key: Option<crate::auth::sigv4::AccessKey>,
     /// Whether unsigned requests are allowed when no key is configured: true when the server
     /// listens on loopback only.
     pub open: bool,
@@ -270,7 +269,7 @@ impl ControlPlane {
             datastore_status: record.status.unwrap_or(ds.status.into()),
             created_at: EpochSeconds::parse(&ds.created_at),
             datastore_type_version: "R4",
-            datastore_endpoint: format!("http://{host}/datastore/{}/r4/", ds.id),
+            datastore_endpoint: format!("{}/", self.origin().fhir_base_on(host, &ds.id)),
             sse_configuration: record.sse_configuration.clone().unwrap_or_default(),
             preload_data_config: record.preload_data_config.clone(),
             identity_provider_configuration: record.identity_provider_configuration.clone(),
@@ -559,7 +558,7 @@ impl ControlPlane {
             status: DatastoreStatus::Active,
             ..ds
         };
-        if let Err(e) = self.inner.registry.activate(ds.clone()) {
+        if let Err(e) = self.inner.registry.activate(ds.clone()).await {
             tracing::error!(datastore = %ds.id, "cannot serve the data store: {e}");
             return;
         }

@@ -128,9 +128,9 @@ pub struct DatastoreRecord {
     pub datastore_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preload_data_config: Option<PreloadDataConfig>,
-    /// Recorded as given; enforcing it is the identity layer's work.
+    /// Enforced by the identity layer ([`crate::auth`]) of every front end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity_provider_configuration: Option<Value>,
+    pub identity_provider_configuration: Option<crate::auth::config::IdentityProviderConfiguration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sse_configuration: Option<SseConfiguration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,6 +2,7 @@
 //! JSON 1.0 edge (`wire.rs`) with HealthLake's ValidationException wording; the operations
 //! themselves and the CLI work with these types, never with request JSON.
 
+use crate::auth::config::IdentityProviderConfiguration;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -94,8 +95,8 @@ pub struct CreateDatastoreRequest {
     pub preload_synthea: bool,
     /// `SseConfiguration`, checked and recorded as given (the lake is not encrypted by us).
     pub sse: Option<SseConfiguration>,
-    /// `IdentityProviderConfiguration`, recorded as given.
-    pub identity_provider: Option<Value>,
+    /// `IdentityProviderConfiguration`, checked (a SMART strategy needs its metadata).
+    pub identity_provider: Option<IdentityProviderConfiguration>,
     pub tags: BTreeMap<String, String>,
     pub client_token: Option<String>,
 }
@@ -205,7 +206,10 @@ impl CreateDatastoreRequest {
                 .transpose()?,
             preload_synthea,
             sse: present("SseConfiguration").map(shapes::sse).transpose()?,
-            identity_provider: present("IdentityProviderConfiguration").cloned(),
+            identity_provider: present("IdentityProviderConfiguration")
+                .map(IdentityProviderConfiguration::from_request)
+                .transpose()
+                .map_err(|e| ControlError::Validation(e.0))?,
             tags: match present("Tags") {
                 None => BTreeMap::new(),
                 Some(v) => shapes::tags(v)?,

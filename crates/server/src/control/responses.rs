@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use serde_json::Value;
 
 use super::records::{
     ErrorCause, InputDataConfig, JobProgressReport, OutputDataConfig, PreloadDataConfig,
@@ -53,7 +52,7 @@ pub struct DatastoreProperties {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preload_data_config: Option<PreloadDataConfig>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity_provider_configuration: Option<Value>,
+    pub identity_provider_configuration: Option<crate::auth::config::IdentityProviderConfiguration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_cause: Option<ErrorCause>,
 }

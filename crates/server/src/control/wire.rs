@@ -4,7 +4,7 @@
 //!
 //! This is what the AWS SDKs and CLI speak, so `boto3.client("healthlake",
 //! endpoint_url="http://127.0.0.1:8080")` drives fhirlake unchanged. With access keys
-//! configured, requests must carry a valid SigV4 signature ([`super::sigv4`]); without, the
+//! configured, requests must carry a valid SigV4 signature ([`crate::auth::sigv4`]); without, the
 //! signature is not checked, which is allowed only on loopback (the embedded default).
 
 use axum::Router;
@@ -36,7 +36,8 @@ fn authenticate(
 ) -> Result<(), ControlError> {
     match &control.config().access_key {
         Some(key) => {
-            super::sigv4::verify(key, &Method::POST, "/", headers, body, chrono::Utc::now())
+            crate::auth::sigv4::verify(key, &Method::POST, "/", headers, body, chrono::Utc::now())
+                .map_err(ControlError::from)
         }
         None if control.config().open => Ok(()),
         None => Err(ControlError::AccessDenied(

@@ -1,18 +1,29 @@
-//! AWS Signature Version 4 verification for the control plane.
+//! AWS Signature Version 4 verification, shared by the control plane and the FHIR API of
+//! AWS_AUTH data stores.
 //!
 //! AWS SDKs sign every request: an HMAC-SHA256 chain keyed by the secret key over a
 //! canonical form of the request. When access keys are configured, the server recomputes the
 //! signature from the request it received and refuses a request whose signature differs, is
 //! missing, names another access key or was made more than 15 minutes ago, with the error
-//! types AWS returns for these cases. Only what the control plane's `POST /` requests use is
-//! supported: no query string, a body hashed in full (not `UNSIGNED-PAYLOAD` or chunked
-//! uploads).
+//! types AWS returns for these cases ([`SigV4Error`]). Bodies are hashed in full (not
+//! `UNSIGNED-PAYLOAD` or chunked uploads).
 
 use axum::http::{HeaderMap, Method};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::ControlError;
+/// Why a signature was refused; each case is one of AWS's error types.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigV4Error {
+    #[error("{0}")]
+    MissingAuthenticationToken(String),
+    #[error("{0}")]
+    IncompleteSignature(String),
+    #[error("{0}")]
+    UnrecognizedClient(String),
+    #[error("{0}")]
+    InvalidSignature(String),
+}
 
 const ALGORITHM: &str = "AWS4-HMAC-SHA256";
 /// How far a request's `X-Amz-Date` may be from the server's clock (AWS: 15 minutes).
@@ -92,8 +103,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn invalid_signature() -> ControlError {
-    ControlError::InvalidSignature(
+fn invalid_signature() -> SigV4Error {
+    SigV4Error::InvalidSignature(
         "The request signature we calculated does not match the signature you provided. \
          Check your AWS Secret Access Key and signing method."
             .into(),
@@ -108,9 +119,129 @@ pub fn verify(
     headers: &HeaderMap,
     body: &[u8],
     now: chrono::DateTime<chrono::Utc>,
-) -> Result<(), ControlError> {
+) -> Result<(), SigV4Error> {
+    let request = Canonical {
+        method,
+        forms: &[(path.to_string(), String::new())],
+        headers,
+        body,
+    };
+    verify_canonical(key, &request, now)
+}
+
+/// Checks the SigV4 signature of any request (the FHIR REST API's, with paths and query
+/// strings). The canonical query is built as the SigV4 specification says (names and values
+/// decoded, then encoded, sorted); clients that sign the query as sent (botocore) are also
+/// accepted, since both forms prove the same secret over the same request.
+pub fn verify_request(
+    key: &AccessKey,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), SigV4Error> {
+    let path = encode(uri.path(), true);
+    let query = uri.query().unwrap_or("");
+    let forms = [
+        (path.clone(), canonical_query(query, true)),
+        (path, canonical_query(query, false)),
+    ];
+    let request = Canonical {
+        method,
+        forms: &forms,
+        headers,
+        body,
+    };
+    verify_canonical(key, &request, now)
+}
+
+/// A received request in the parts SigV4 signs; `forms` are the (canonical URI, canonical
+/// query) pairs a signer may have used.
+struct Canonical<'a> {
+    method: &'a Method,
+    forms: &'a [(String, String)],
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+}
+
+/// RFC 3986 encoding as SigV4 wants it: unreserved characters stay, every other byte is
+/// `%XX` (upper case); `/` stays in paths.
+fn encode(text: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The canonical query string: pairs sorted by name then value, re-encoded (`normalize`) or
+/// as sent.
+fn canonical_query(query: &str, normalize: bool) -> String {
+    let mut pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            if normalize {
+                (encode(&decode(k), false), encode(&decode(v), false))
+            } else {
+                (k.to_string(), v.to_string())
+            }
+        })
+        .collect();
+    pairs.sort();
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn verify_canonical(
+    key: &AccessKey,
+    request: &Canonical<'_>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(), SigV4Error> {
+    let Canonical {
+        method,
+        forms,
+        headers,
+        body,
+    } = request;
     let Some(value) = headers.get("authorization") else {
-        return Err(ControlError::MissingAuthenticationToken(
+        return Err(SigV4Error::MissingAuthenticationToken(
             "Missing Authentication Token: this server requires requests signed with AWS \
              Signature Version 4"
                 .into(),
@@ -121,14 +252,14 @@ pub fn verify(
         .ok()
         .and_then(parse_authorization)
         .ok_or_else(|| {
-            ControlError::IncompleteSignature(
+            SigV4Error::IncompleteSignature(
                 "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' \
                  parameters (AWS4-HMAC-SHA256)"
                     .into(),
             )
         })?;
     if auth.access_key != key.id {
-        return Err(ControlError::UnrecognizedClient(
+        return Err(SigV4Error::UnrecognizedClient(
             "The security token included in the request is invalid.".into(),
         ));
     }
@@ -136,17 +267,17 @@ pub fn verify(
         .get("x-amz-date")
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| {
-            ControlError::IncompleteSignature("the X-Amz-Date header is missing".into())
+            SigV4Error::IncompleteSignature("the X-Amz-Date header is missing".into())
         })?;
     let signed_at = chrono::NaiveDateTime::parse_from_str(amz_date, "%Y%m%dT%H%M%SZ")
         .map_err(|_| {
-            ControlError::IncompleteSignature(format!(
+            SigV4Error::IncompleteSignature(format!(
                 "X-Amz-Date '{amz_date}' is not of the form YYYYMMDDTHHMMSSZ"
             ))
         })?
         .and_utc();
     if (now - signed_at).abs() > MAX_SKEW {
-        return Err(ControlError::InvalidSignature(format!(
+        return Err(SigV4Error::InvalidSignature(format!(
             "Signature expired: {amz_date} is now earlier than {} ({} - 15 min.)",
             (now - MAX_SKEW).format("%Y%m%dT%H%M%SZ"),
             now.format("%Y%m%dT%H%M%SZ")
@@ -154,7 +285,7 @@ pub fn verify(
     }
     let scope_parts: Vec<&str> = auth.scope.split('/').collect();
     let [date, region, service, "aws4_request"] = scope_parts[..] else {
-        return Err(ControlError::IncompleteSignature(format!(
+        return Err(SigV4Error::IncompleteSignature(format!(
             "credential scope '{}' is not date/region/service/aws4_request",
             auth.scope
         )));
@@ -184,20 +315,21 @@ pub fn verify(
         }
         canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let canonical_request = format!(
-        "{method}\n{path}\n\n{canonical_headers}\n{}\n{payload_hash}",
-        auth.signed_headers.join(";")
-    );
-    let string_to_sign = format!(
-        "{ALGORITHM}\n{amz_date}\n{}\n{}",
-        auth.scope,
-        sha256_hex(canonical_request.as_bytes())
-    );
-    let expected = hex::encode(hmac(
-        &signing_key(&key.secret, date, region, service),
-        string_to_sign.as_bytes(),
-    ));
-    if constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
+    let signing_key = signing_key(&key.secret, date, region, service);
+    let matches = |(path, query): &(String, String)| {
+        let canonical_request = format!(
+            "{method}\n{path}\n{query}\n{canonical_headers}\n{}\n{payload_hash}",
+            auth.signed_headers.join(";")
+        );
+        let string_to_sign = format!(
+            "{ALGORITHM}\n{amz_date}\n{}\n{}",
+            auth.scope,
+            sha256_hex(canonical_request.as_bytes())
+        );
+        let expected = hex::encode(hmac(&signing_key, string_to_sign.as_bytes()));
+        constant_time_eq(expected.as_bytes(), auth.signature.as_bytes())
+    };
+    if forms.iter().any(matches) {
         Ok(())
     } else {
         Err(invalid_signature())
@@ -282,26 +414,26 @@ mod tests {
         };
         assert!(verify(&key, &Method::POST, "/", &headers(&signature), body, now).is_ok());
         let err = verify(&key, &Method::POST, "/", &headers(&signature), b"{}", now);
-        assert!(matches!(err, Err(ControlError::InvalidSignature(_))));
+        assert!(matches!(err, Err(SigV4Error::InvalidSignature(_))));
         let wrong = AccessKey {
             id: "AKID".into(),
             secret: "other".into(),
         };
         let err = verify(&wrong, &Method::POST, "/", &headers(&signature), body, now);
-        assert!(matches!(err, Err(ControlError::InvalidSignature(_))));
+        assert!(matches!(err, Err(SigV4Error::InvalidSignature(_))));
         let later = now + chrono::Duration::minutes(20);
         let err = verify(&key, &Method::POST, "/", &headers(&signature), body, later);
-        assert!(matches!(err, Err(ControlError::InvalidSignature(m)) if m.contains("expired")));
+        assert!(matches!(err, Err(SigV4Error::InvalidSignature(m)) if m.contains("expired")));
         let err = verify(&key, &Method::POST, "/", &HeaderMap::new(), body, now);
         assert!(matches!(
             err,
-            Err(ControlError::MissingAuthenticationToken(_))
+            Err(SigV4Error::MissingAuthenticationToken(_))
         ));
         let other = AccessKey {
             id: "OTHER".into(),
             secret: "secret".into(),
         };
         let err = verify(&other, &Method::POST, "/", &headers(&signature), body, now);
-        assert!(matches!(err, Err(ControlError::UnrecognizedClient(_))));
+        assert!(matches!(err, Err(SigV4Error::UnrecognizedClient(_))));
     }
 }
