@@ -83,9 +83,9 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
 
 
-def spawn(cmd, log_name, stdin=subprocess.DEVNULL):
+def spawn(cmd, log_name, stdin=subprocess.DEVNULL, env=None):
     p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=open(work / log_name, "w"),
-                         text=True, start_new_session=True)
+                         text=True, start_new_session=True, env=env)
     procs.append(p)
     lines = queue.Queue()
 
@@ -115,8 +115,12 @@ def start_idp():
 
 def start_server():
     """`fhirlake serve` on loopback ports; returns (control endpoint, default store's base)."""
+    # The credentials the server introspects opaque tokens with (the mock IdP's defaults).
+    env = {**os.environ, "FHIRLAKE_SMART_CLIENT_ID": "fhirlake",
+           "FHIRLAKE_SMART_CLIENT_SECRET": "introspect-secret"}
     p, lines = spawn([binary, "--data-dir", str(work / "data"), "serve", "--http", "127.0.0.1:0",
-                      "--flight-sql", "127.0.0.1:0", "--datastore-op-interval-secs", "0"], "serve.stderr")
+                      "--flight-sql", "127.0.0.1:0", "--datastore-op-interval-secs", "0"], "serve.stderr",
+                     env=env)
     endpoint = default_base = grpc = None
     deadline = time.time() + 180
     while not (endpoint and grpc):
@@ -842,6 +846,34 @@ def with_fhirpy():
         check("fhirpy without a token raises AuthorizationError", True)
 
 
+def introspection():
+    """A data store whose metadata names an introspection_endpoint and no jwks_uri: tokens are
+    checked by asking the IdP (RFC 7662) with the server's client credentials."""
+    meta = {k: v for k, v in S.metadata.items() if k != "jwks_uri"}
+    meta["introspection_endpoint"] = S.idp["issuer"] + "/oauth/introspect"
+    config = {"AuthorizationStrategy": "SMART_ON_FHIR_V1", "Metadata": json.dumps(meta)}
+    created = S.hl.create_fhir_datastore(DatastoreName="smart-introspect", DatastoreTypeVersion="R4",
+                                         IdentityProviderConfiguration=config)
+    wait_status(S.hl, created["DatastoreId"], "ACTIVE")
+    base = S.hl.describe_fhir_datastore(DatastoreId=created["DatastoreId"])["DatastoreProperties"]["DatastoreEndpoint"]
+    stats = lambda: requests.get(S.idp["issuer"] + "/admin/stats", timeout=TIMEOUT).json()["introspections"]
+    before = stats()
+    r = call("GET", base + "Patient", token("system/*.read", audience=base))
+    check("introspection: an active token is accepted after asking the IdP",
+          r.status_code == 200 and stats() == before + 1, f"{show(r)} {stats() - before} introspections")
+    r = call("GET", base + "Patient", token("system/*.read", audience=base, expires_in=-600))
+    unauthorized("introspection: an expired token (inactive at the IdP)", r)
+    # (another scope than the token above, so it is a token the server has not seen yet)
+    revoked = token("system/Patient.read", audience=base)
+    requests.post(S.idp["issuer"] + "/admin/revoke", json={"token": revoked}, timeout=TIMEOUT)
+    unauthorized("introspection: a revoked token", call("GET", base + "Patient", revoked))
+    unauthorized("introspection: a token for another audience",
+                 call("GET", base + "Patient", token("system/*.read", audience=S.base)))
+    r = call("GET", base + "Patient", token("patient/*.read launch/patient", audience=base, patient="pat-a"))
+    check("introspection: scopes from the answer apply (patient scope, no Observation write)",
+          r.status_code == 200, show(r))
+
+
 def section(name, fn):
     """Runs one section; an exception in it is a failed check, and the next section still runs."""
     try:
@@ -870,6 +902,7 @@ try:
         section("attacks", attacks)
         section("authorization code", authorization_code)
         section("fhirpy", with_fhirpy)
+        section("introspection", introspection)
     section("data stores without SMART", plain_store)
 finally:
     stop_all()

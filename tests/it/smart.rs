@@ -81,10 +81,15 @@ struct Smart {
 impl Smart {
     async fn start() -> Self {
         let idp = Idp::start().await;
+        let metadata = idp.metadata();
+        Self::start_with(idp, metadata).await
+    }
+
+    async fn start_with(idp: Idp, metadata: String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let inst = Installation::open(dir.path()).await.unwrap();
         let properties = json!({"IdentityProviderConfiguration": {
-            "AuthorizationStrategy": "SMART_ON_FHIR_V1", "Metadata": idp.metadata()}});
+            "AuthorizationStrategy": "SMART_ON_FHIR_V1", "Metadata": metadata}});
         let ds = inst
             .store
             .create_datastore_with("smart", DatastoreStatus::Active, &properties)
@@ -418,5 +423,68 @@ async fn a_launch_patient_sees_and_writes_only_their_compartment() {
         codes[0].starts_with("200") && codes[1].starts_with("403"),
         "{codes:?}"
     );
+    let _ = s.stop.send(());
+}
+
+/// An RFC 7662 endpoint on loopback: `good` is active for the data store's endpoint, `other`
+/// is active for another audience, `slow` answers after 2 s, anything else is inactive.
+async fn introspection_endpoint(audience: std::sync::Arc<std::sync::Mutex<String>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/introspect", listener.local_addr().unwrap());
+    let app = axum::Router::new().route(
+        "/introspect",
+        axum::routing::post(move |body: String| {
+            let aud = audience.lock().unwrap().clone();
+            async move {
+                let token = body
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("token="))
+                    .unwrap_or_default()
+                    .to_string();
+                let exp = chrono::Utc::now().timestamp() + 600;
+                axum::Json(match token.as_str() {
+                    "good" => json!({"active": true, "aud": aud, "scope": "system/*.read", "exp": exp, "sub": "svc"}),
+                    "other" => json!({"active": true, "aud": "http://elsewhere/r4/", "scope": "system/*.read"}),
+                    "slow" => {
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                        json!({"active": true, "aud": aud, "scope": "system/*.read"})
+                    }
+                    _ => json!({"active": false}),
+                })
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected_within_a_second() {
+    let idp = Idp::start().await;
+    let audience = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let endpoint = introspection_endpoint(audience.clone()).await;
+    let metadata = json!({
+        "issuer": idp.issuer,
+        "introspection_endpoint": endpoint,
+        "authorization_endpoint": format!("{}/authorize", idp.issuer),
+        "token_endpoint": format!("{}/token", idp.issuer),
+    })
+    .to_string();
+    let s = Smart::start_with(idp, metadata).await;
+    *audience.lock().unwrap() = format!("{}/", s.base);
+    assert_eq!(s.get("Patient", "good").await.0, StatusCode::OK);
+    assert_eq!(
+        s.get("Patient", "good").await.0,
+        StatusCode::OK,
+        "remembered"
+    );
+    for token in ["revoked", "other"] {
+        let (status, body) = s.get("Patient", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}: {body}");
+    }
+    let started = std::time::Instant::now();
+    let (status, body) = s.get("Patient", "slow").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1800));
     let _ = s.stop.send(());
 }

@@ -25,8 +25,15 @@
 // code and apply to the token exchanged for it. PKCE: oauth2-mock-server checks code_verifier
 // against the code_challenge (plain or S256) and answers 400 when they differ.
 //
+// POST /oauth/introspect (RFC 7662; oauth2-mock-server's own /introspect answers every token
+// as active, so this route does the real check): a resource server authenticated with HTTP Basic credentials
+// INTROSPECT_CLIENT_ID / INTROSPECT_CLIENT_SECRET (environment; default fhirlake /
+// introspect-secret) learns whether a token this IdP issued is active (not expired, not
+// revoked) and its claims; other callers get 401.
+//
 // Test-only routes: POST /admin/keys {"alg"} adds a new key to the JWKS (a key rotation) and
-// answers {"kid"}; GET /admin/stats answers {"jwks_requests"}, the number of GET /jwks served.
+// answers {"kid"}; POST /admin/revoke {"token"} revokes a token; GET /admin/stats answers
+// {"jwks_requests", "introspections"}.
 import { createServer } from 'node:http';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { createRequire } from 'node:module';
@@ -109,6 +116,39 @@ service.on(Events.BeforeResponse, (response, req) => {
   if (typeof p.exp === 'number') response.body.expires_in = p.exp - p.iat;
 });
 
+const introspectClient = Buffer.from(
+  `${process.env.INTROSPECT_CLIENT_ID ?? 'fhirlake'}:${process.env.INTROSPECT_CLIENT_SECRET ?? 'introspect-secret'}`,
+).toString('base64');
+const revoked = new Set();
+let introspections = 0;
+const sendJson = (res, status, body) => {
+  res.statusCode = status;
+  res.setHeader('Content-Type', 'application/json');
+  res.end(JSON.stringify(body));
+};
+service.addRoute('POST', '/oauth/introspect', (req, res) => {
+  introspections += 1;
+  if (req.headers.authorization !== `Basic ${introspectClient}`) {
+    sendJson(res, 401, { error: 'invalid_client' });
+    return;
+  }
+  const token = String(req.body?.token ?? '');
+  let claims;
+  try {
+    claims = JSON.parse(Buffer.from(token.split('.')[1], 'base64url').toString('utf8'));
+  } catch {
+    sendJson(res, 200, { active: false });
+    return;
+  }
+  const live = !revoked.has(token) && typeof claims.exp === 'number' && claims.exp * 1000 > Date.now();
+  sendJson(res, 200, live ? { active: true, token_type: 'Bearer', ...claims } : { active: false });
+});
+service.addRoute('POST', '/admin/revoke', (req, res) => {
+  revoked.add(String(req.body?.token ?? ''));
+  res.setHeader('Content-Type', 'application/json');
+  res.end('{}');
+});
+
 let jwksRequests = 0;
 service.addRoute('POST', '/admin/keys', async (req, res) => {
   const alg = req.body?.alg ?? 'RS256';
@@ -118,7 +158,7 @@ service.addRoute('POST', '/admin/keys', async (req, res) => {
 });
 service.addRoute('GET', '/admin/stats', (_req, res) => {
   res.setHeader('Content-Type', 'application/json');
-  res.end(JSON.stringify({ jwks_requests: jwksRequests }));
+  res.end(JSON.stringify({ jwks_requests: jwksRequests, introspections }));
 });
 
 const handler = service.requestHandler;

@@ -5,9 +5,10 @@
 //! serves it unchanged at `.well-known/smart-configuration`; it requires the authorization and
 //! token endpoints in it. HealthLake verifies tokens by calling the `IdpLambdaArn` Lambda; a
 //! self-hosted server has no Lambda, so fhirlake verifies JWT access tokens against the
-//! metadata's `jwks_uri` (and its `issuer`) instead. A configuration without `jwks_uri` is
-//! accepted like HealthLake accepts it, but its data store then refuses every bearer token
-//! with a message saying why (fail closed).
+//! metadata's `jwks_uri` (and its `issuer`) instead, or, without one, asks the metadata's
+//! `introspection_endpoint` (RFC 7662) as the guide's sample Lambda does. A configuration with
+//! neither is accepted like HealthLake accepts it, but its data store then refuses every
+//! bearer token with a message saying why (fail closed).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -61,6 +62,8 @@ pub struct SmartMetadata {
     pub document: Map<String, Value>,
     pub issuer: Option<String>,
     pub jwks_uri: Option<String>,
+    /// RFC 7662 introspection of opaque tokens (used when there is no `jwks_uri`).
+    pub introspection_endpoint: Option<String>,
     pub authorization_endpoint: String,
     pub token_endpoint: String,
 }
@@ -125,6 +128,7 @@ impl SmartMetadata {
             token_endpoint: required("token_endpoint")?,
             issuer: url("issuer", false)?,
             jwks_uri: url("jwks_uri", false)?,
+            introspection_endpoint: url("introspection_endpoint", false)?,
             document,
         })
     }

@@ -73,7 +73,9 @@ pub async fn authenticate(State(authn): State<Authn>, mut req: Request, next: Ne
     };
     if req.method() == axum::http::Method::GET && PUBLIC.contains(&rest) {
         req.extensions_mut().insert(Caller::Anonymous);
-        return next.run(req).await;
+        let mut response = next.run(req).await;
+        response.extensions_mut().insert(Caller::Anonymous);
+        return response;
     }
     let ds_id = ds_id.to_string();
     let (caller, req) = match live.auth.smart_metadata() {
@@ -87,8 +89,11 @@ pub async fn authenticate(State(authn): State<Authn>, mut req: Request, next: Ne
         },
     };
     let mut req = req;
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    // Layers outside this one (audit, metrics) learn the caller from the response.
+    let mut response = next.run(req).await;
+    response.extensions_mut().insert(caller);
+    response
 }
 
 /// `(datastore id, rest of the path after /r4)` of a FHIR path.

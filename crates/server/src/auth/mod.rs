@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod http;
+pub mod introspect;
 pub mod scopes;
 pub mod sigv4;
 pub mod token;
@@ -19,6 +20,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use config::{ConfigError, IdentityProviderConfiguration, SmartMetadata};
+use introspect::{ClientCredentials, Introspector};
 use scopes::{Action, Level, ScopeSet};
 use token::{TokenError, TokenVerifier};
 
@@ -223,13 +225,25 @@ impl DatastoreAuth {
 
     pub fn new(config: IdentityProviderConfiguration) -> Result<Self, ConfigError> {
         let smart = config.smart_metadata()?.map(|metadata| {
-            if metadata.jwks_uri.is_none() {
+            let introspector = metadata.introspection_endpoint.clone().map(|endpoint| {
+                Introspector::new(
+                    endpoint,
+                    metadata.issuer.clone(),
+                    ClientCredentials::from_env(),
+                )
+            });
+            if metadata.jwks_uri.is_none() && introspector.is_none() {
                 tracing::warn!(
-                    "a SMART data store's metadata has no jwks_uri: it will refuse every token"
+                    "a SMART data store's metadata has neither jwks_uri nor \
+                     introspection_endpoint: it will refuse every token"
                 );
             }
             SmartAuth {
-                verifier: TokenVerifier::new(metadata.issuer.clone(), metadata.jwks_uri.clone()),
+                verifier: TokenVerifier::new(
+                    metadata.issuer.clone(),
+                    metadata.jwks_uri.clone(),
+                    introspector,
+                ),
                 metadata,
             }
         });

@@ -16,6 +16,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
+use super::introspect::Introspector;
 use super::scopes::ScopeSet;
 
 /// How far `exp`/`nbf` may be off the server's clock.
@@ -26,6 +27,8 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(1);
 const MISSING_TTL: Duration = Duration::from_secs(60);
 /// Most remembered missing key ids (forgotten all at once beyond it).
 const MISSING_MAX: usize = 1024;
+/// Most verified tokens remembered (forgotten all at once beyond it).
+const VERIFIED_MAX: usize = 16_384;
 /// Longest a fetched key set is trusted without refetching.
 const KEYS_TTL: Duration = Duration::from_secs(3600);
 /// Longest the identity provider may take to answer a JWKS request.
@@ -53,7 +56,10 @@ pub enum TokenError {
     UnknownKey(String),
     #[error("the access token is invalid: {0}")]
     Invalid(String),
-    #[error("this data store cannot verify bearer tokens: its SMART metadata has no jwks_uri")]
+    #[error(
+        "this data store cannot verify bearer tokens: its SMART metadata has neither a jwks_uri \
+         nor an introspection_endpoint"
+    )]
     NoKeys,
     /// The identity provider could not be asked (a server-side problem, not the client's).
     #[error("the identity provider's keys cannot be fetched from {uri}: {message}")]
@@ -78,6 +84,9 @@ pub struct Claims {
     /// The user's FHIR resource (`Practitioner/1`, or an absolute URL).
     #[serde(default, rename = "fhirUser")]
     pub fhir_user: Option<String>,
+    /// Expiry (seconds since the epoch); required of JWTs, optional in introspection.
+    #[serde(default)]
+    pub(super) exp: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,9 +110,14 @@ impl Claims {
 pub struct TokenVerifier {
     issuer: Option<String>,
     jwks_uri: Option<String>,
+    /// Opaque tokens: asked about at the identity provider when there is no `jwks_uri`.
+    introspector: Option<Introspector>,
     http: reqwest::Client,
     keys: tokio::sync::Mutex<Option<Fetched>>,
     missing: std::sync::Mutex<std::collections::HashMap<String, Instant>>,
+    /// Tokens verified for an audience list, by digest: a client sends the same token with
+    /// every request until it expires, and the signature check is most of the cost of a read.
+    verified: std::sync::Mutex<std::collections::HashMap<[u8; 32], Claims>>,
 }
 
 struct Fetched {
@@ -114,7 +128,11 @@ struct Fetched {
 }
 
 impl TokenVerifier {
-    pub fn new(issuer: Option<String>, jwks_uri: Option<String>) -> Self {
+    pub fn new(
+        issuer: Option<String>,
+        jwks_uri: Option<String>,
+        introspector: Option<Introspector>,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .build()
@@ -122,15 +140,48 @@ impl TokenVerifier {
         Self {
             issuer,
             jwks_uri,
+            introspector,
             http,
             keys: tokio::sync::Mutex::new(None),
             missing: Default::default(),
+            verified: Default::default(),
         }
     }
 
     /// Checks `token`'s signature, algorithm, issuer, audience (one of `audiences`) and
     /// validity period, and returns its claims.
     pub async fn verify(&self, token: &str, audiences: &[String]) -> Result<Claims, TokenError> {
+        let digest = digest(token, audiences);
+        if self.jwks_uri.is_none()
+            && let Some(introspector) = &self.introspector
+        {
+            return introspector.introspect(token, audiences, digest).await;
+        }
+        if let Some(claims) = self.remembered(&digest) {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token, audiences).await?;
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.clear();
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    /// A token verified earlier that has not expired since (with the same leeway).
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Claims> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let claims = verified.get(digest)?;
+        let now = chrono::Utc::now().timestamp();
+        (claims.exp + LEEWAY_SECS as i64 > now).then(|| claims.clone())
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        audiences: &[String],
+    ) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::Algorithm(header_alg(token)),
             _ => TokenError::Malformed,
@@ -227,6 +278,17 @@ impl TokenVerifier {
             .map_err(|e| unreachable(e.to_string()))?;
         serde_json::from_slice(&body).map_err(|e| unreachable(format!("not a JWK Set: {e}")))
     }
+}
+
+fn digest(token: &str, audiences: &[String]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(token.as_bytes());
+    for a in audiences {
+        h.update(b"\n");
+        h.update(a.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// A signing key of the set that fits `alg` (asymmetric keys only; a key that declares its
