@@ -82,14 +82,15 @@ impl Smart {
     async fn start() -> Self {
         let idp = Idp::start().await;
         let metadata = idp.metadata();
-        Self::start_with(idp, metadata).await
+        Self::start_with(idp, metadata, false).await
     }
 
-    async fn start_with(idp: Idp, metadata: String) -> Self {
+    async fn start_with(idp: Idp, metadata: String, fine_grained: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let inst = Installation::open(dir.path()).await.unwrap();
         let properties = json!({"IdentityProviderConfiguration": {
-            "AuthorizationStrategy": "SMART_ON_FHIR_V1", "Metadata": metadata}});
+            "AuthorizationStrategy": "SMART_ON_FHIR_V1", "Metadata": metadata,
+            "FineGrainedAuthorizationEnabled": fine_grained}});
         let ds = inst
             .store
             .create_datastore_with("smart", DatastoreStatus::Active, &properties)
@@ -470,7 +471,7 @@ async fn opaque_tokens_are_introspected_within_a_second() {
         "token_endpoint": format!("{}/token", idp.issuer),
     })
     .to_string();
-    let s = Smart::start_with(idp, metadata).await;
+    let s = Smart::start_with(idp, metadata, false).await;
     *audience.lock().unwrap() = format!("{}/", s.base);
     assert_eq!(s.get("Patient", "good").await.0, StatusCode::OK);
     assert_eq!(
@@ -486,5 +487,42 @@ async fn opaque_tokens_are_introspected_within_a_second() {
     let (status, body) = s.get("Patient", "slow").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(started.elapsed() < std::time::Duration::from_millis(1800));
+    let _ = s.stop.send(());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fine_grained_users_reach_their_related_patients_only() {
+    let idp = Idp::start().await;
+    let metadata = idp.metadata();
+    let s = Smart::start_with(idp, metadata, true).await;
+    seed(&s).await;
+    let admin = s.token("system/*.*", json!({}));
+    // a's general practitioner is doc; c names b in Patient.link.other.
+    let a = json!({"resourceType": "Patient", "id": "a", "name": [{"family": "Fama"}],
+                   "generalPractitioner": [{"reference": "Practitioner/doc"}]});
+    assert_eq!(s.put("Patient/a", &admin, a).await, StatusCode::OK);
+    let c = json!({"resourceType": "Patient", "id": "c",
+                   "link": [{"other": {"reference": "Patient/b"}, "type": "seealso"}]});
+    assert_eq!(s.put("Patient/c", &admin, c).await, StatusCode::CREATED);
+
+    let doc = s.token("user/*.read", json!({"fhirUser": "Practitioner/doc"}));
+    assert_eq!(s.get("Patient/a", &doc).await.0, StatusCode::OK);
+    assert_eq!(s.get("Patient/b", &doc).await.0, StatusCode::FORBIDDEN);
+    let (_, bundle) = s.get("Observation", &doc).await;
+    assert_eq!(entry_ids(&bundle), ["Observation/oa"]);
+
+    let b = s.token(
+        "user/*.read",
+        json!({"fhirUser": "https://ehr.example/fhir/Patient/b"}),
+    );
+    let (_, bundle) = s.get("Patient", &b).await;
+    assert_eq!(entry_ids(&bundle), ["Patient/b", "Patient/c"]);
+    assert_eq!(s.get("Observation/oa", &b).await.0, StatusCode::FORBIDDEN);
+
+    let nobody = s.token("user/*.read", json!({}));
+    let (status, outcome) = s.get("Patient/a", &nobody).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{outcome}");
+    // System scopes are not subject to fine-grained authorization.
+    assert_eq!(s.get("Patient/b", &admin).await.0, StatusCode::OK);
     let _ = s.stop.send(());
 }

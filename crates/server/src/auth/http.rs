@@ -17,8 +17,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::sigv4::{self, AccessKey};
-use super::{AuthError, Caller, DatastoreAuth};
+use super::{AuthError, Caller};
 use crate::origin::HttpOrigin;
+use crate::registry::Live;
 use crate::registry::Registry;
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
 
@@ -79,7 +80,7 @@ pub async fn authenticate(State(authn): State<Authn>, mut req: Request, next: Ne
     }
     let ds_id = ds_id.to_string();
     let (caller, req) = match live.auth.smart_metadata() {
-        Some(_) => match bearer(&authn, &live.auth, &ds_id, req.headers()).await {
+        Some(_) => match bearer(&authn, &live, &ds_id, req.headers()).await {
             Ok(caller) => (caller, req),
             Err(e) => return unauthorized(&e),
         },
@@ -106,7 +107,7 @@ fn datastore_path(path: &str) -> Option<(&str, &str)> {
 
 async fn bearer(
     authn: &Authn,
-    auth: &DatastoreAuth,
+    live: &Live,
     ds_id: &str,
     headers: &HeaderMap,
 ) -> Result<Caller, AuthError> {
@@ -121,8 +122,18 @@ async fn bearer(
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let caller = auth.authenticate_bearer(value, &audiences).await?;
-    Ok(caller.expect("a SMART data store authenticates bearer tokens"))
+    let mut principal = live
+        .auth
+        .authenticate_bearer(value, &audiences)
+        .await?
+        .expect("a SMART data store authenticates bearer tokens");
+    if principal.fine_grained
+        && let Some(user) = &principal.fhir_user
+    {
+        let patients = live.auth.care_teams.patients_of(live, user).await;
+        principal.care_of = Some(patients.map_err(AuthError::Unresolved)?);
+    }
+    Ok(Caller::Smart(Arc::new(principal)))
 }
 
 /// SigV4 for AWS_AUTH data stores on a server with keys; the body is read (within the body

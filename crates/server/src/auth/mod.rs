@@ -5,11 +5,12 @@
 //! Each data store carries its `IdentityProviderConfiguration` ([`config`]); the REST API asks
 //! [`DatastoreAuth::authenticate`] for the caller of each request and [`Caller::grant`] before
 //! each interaction. A grant is either everything of a type or only what lies in some
-//! patients' compartments (SMART `patient/` scopes with a launch patient, or fine-grained
-//! `user/` scopes of a Patient user); the interactions and the search engine enforce the
-//! latter on every resource they read or write.
+//! patients' compartments (SMART `patient/` scopes with a launch patient, or `user/` scopes
+//! under fine-grained authorization, [`fine_grained`]); the interactions and the search
+//! engine enforce the latter on every resource they read or write.
 
 pub mod config;
+pub mod fine_grained;
 pub mod http;
 pub mod introspect;
 pub mod scopes;
@@ -48,6 +49,9 @@ pub struct Principal {
     pub fhir_user: Option<String>,
     /// The data store has `FineGrainedAuthorizationEnabled`.
     pub fine_grained: bool,
+    /// With fine-grained authorization, the patients the `fhirUser` reaches (resolved per
+    /// request by [`fine_grained::CareTeams`]).
+    pub care_of: Option<Arc<BTreeSet<String>>>,
 }
 
 /// What a caller may touch of one resource type for one action.
@@ -76,6 +80,11 @@ pub enum Denied {
     OutsideCompartment,
     #[error("{0} needs a system-level scope (e.g. system/*.read)")]
     SystemOnly(&'static str),
+    #[error(
+        "this data store uses fine-grained authorization: user-level scopes need a fhirUser \
+         claim naming a Practitioner, Patient or RelatedPerson"
+    )]
+    NoFhirUser,
 }
 
 /// Why a request could not be authenticated (401, or 503 when the identity provider is down).
@@ -87,12 +96,18 @@ pub enum AuthError {
     Token(#[from] TokenError),
     #[error("the access token has no FHIR resource scope (e.g. patient/*.read)")]
     NoResourceScope,
+    /// The data store could not tell which patients a fine-grained user reaches.
+    #[error("cannot resolve the patients of the token's fhirUser: {0}")]
+    Unresolved(String),
 }
 
 impl AuthError {
     /// Whether the failure is the identity provider's, not the token's.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, AuthError::Token(TokenError::Unreachable { .. }))
+        matches!(
+            self,
+            AuthError::Token(TokenError::Unreachable { .. }) | AuthError::Unresolved(_)
+        )
     }
 }
 
@@ -169,10 +184,14 @@ impl Principal {
             return Ok(Grant::All);
         }
         if levels.contains(&Level::User) {
-            return match self.fine_grained_patient() {
-                Some(p) => Ok(Grant::Patients(Arc::new(BTreeSet::from([p])))),
-                None => Ok(Grant::All),
-            };
+            if !self.fine_grained {
+                return Ok(Grant::All);
+            }
+            return self
+                .care_of
+                .clone()
+                .map(Grant::Patients)
+                .ok_or(Denied::NoFhirUser);
         }
         if !levels.contains(&Level::Patient) {
             return Err(denied());
@@ -185,14 +204,6 @@ impl Principal {
         Ok(Grant::Patients(Arc::new(BTreeSet::from([patient]))))
     }
 
-    /// With fine-grained authorization, a Patient user's `user/` scopes reach only their own
-    /// compartment.
-    fn fine_grained_patient(&self) -> Option<String> {
-        self.fine_grained
-            .then(|| self.fhir_user_patient())
-            .flatten()
-    }
-
     fn fhir_user_patient(&self) -> Option<String> {
         let user = self.fhir_user.as_deref()?;
         fhirlake_search::compartment::patient_id(user).map(String::from)
@@ -203,6 +214,8 @@ impl Principal {
 pub struct DatastoreAuth {
     pub config: IdentityProviderConfiguration,
     smart: Option<SmartAuth>,
+    /// Fine-grained users' patients, remembered briefly.
+    pub care_teams: fine_grained::CareTeams,
 }
 
 struct SmartAuth {
@@ -247,7 +260,11 @@ impl DatastoreAuth {
                 metadata,
             }
         });
-        Ok(Self { config, smart })
+        Ok(Self {
+            config,
+            smart,
+            care_teams: Default::default(),
+        })
     }
 
     /// An AWS_AUTH data store.
@@ -255,6 +272,7 @@ impl DatastoreAuth {
         Self {
             config: IdentityProviderConfiguration::default(),
             smart: None,
+            care_teams: Default::default(),
         }
     }
 
@@ -269,7 +287,7 @@ impl DatastoreAuth {
         &self,
         authorization: Option<&str>,
         audiences: &[String],
-    ) -> Result<Option<Caller>, AuthError> {
+    ) -> Result<Option<Principal>, AuthError> {
         let Some(smart) = &self.smart else {
             return Ok(None);
         };
@@ -285,14 +303,15 @@ impl DatastoreAuth {
         if !scopes.has_resource_scope() {
             return Err(AuthError::NoResourceScope);
         }
-        Ok(Some(Caller::Smart(Arc::new(Principal {
+        Ok(Some(Principal {
             subject: claims.sub,
             client_id: claims.client_id,
             scopes,
             patient: claims.patient,
             fhir_user: claims.fhir_user,
             fine_grained: self.config.fine_grained_authorization_enabled,
-        }))))
+            care_of: None,
+        }))
     }
 }
 
@@ -308,6 +327,7 @@ mod tests {
             patient: patient.map(String::from),
             fhir_user: fhir_user.map(String::from),
             fine_grained: fhir_user.is_some(),
+            care_of: fhir_user.map(|_| Arc::new(BTreeSet::from(["p1".to_string()]))),
         }))
     }
 
