@@ -13,8 +13,8 @@ pub use fhirlake_schema as schema;
 pub use fhirlake_schema::outcome;
 pub use fhirlake_search as search;
 pub use fhirlake_server::{
-    api, auth, control, export, flight, ingest, install_tls_provider, installation, origin,
-    registry, tls,
+    api, audit, auth, control, export, flight, ingest, install_tls_provider, installation, limits,
+    operation_name, origin, registry, tls,
 };
 pub use fhirlake_sql as sql;
 pub use fhirlake_store as store;

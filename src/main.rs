@@ -55,6 +55,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Compact every table of a data store: rewrite live rows into few files, drop delete files.
     Compact(commands::compact::CompactArgs),
+    /// The audit log of API calls: verify its hash chain, or show its last records.
+    Audit(commands::audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,5 +115,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Datastore(args) => args.run(&g).await,
         Command::Demo(args) => args.run(&g).await,
         Command::Compact(args) => args.run(&g).await,
+        Command::Audit(args) => args.run(&g).await,
     }
 }

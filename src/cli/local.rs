@@ -41,6 +41,9 @@ impl LocalBackend {
         engine
             .set_current_datastore(&current.name)
             .map_err(BackendError::other)?;
+        // The server's audit log, as `fhirlake_audit.log`.
+        crate::audit::table::register(&engine, &installation.data_dir)
+            .map_err(BackendError::other)?;
         Ok(Self {
             engine,
             installation,

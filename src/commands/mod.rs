@@ -1,6 +1,7 @@
 //! The `fhirlake` subcommands, one module each, and what several of them share: the global
 //! options, the control-plane options, S3 locations and staging, and the SQL REPL.
 
+pub(crate) mod audit;
 pub(crate) mod compact;
 pub(crate) mod datastore;
 pub(crate) mod demo;

@@ -35,6 +35,9 @@ pub(crate) struct ServeArgs {
     flight: FlightArgs,
     #[command(flatten)]
     control: ControlArgs,
+    /// Boxed: the `Command` enum stays small (clippy's large_enum_variant).
+    #[command(flatten)]
+    limits: Box<QuotaArgs>,
 }
 
 /// Options of the Flight SQL endpoint that `serve` starts next to the REST API.
@@ -113,6 +116,7 @@ impl ServeArgs {
             insecure,
             flight,
             control,
+            limits,
         } = self;
         let control = open_only_where_allowed(control.config(http), http, insecure)?;
         // Bad certificate files fail here, before anything is opened or bound.
@@ -127,6 +131,7 @@ impl ServeArgs {
             body_limit: max_body_bytes,
             access_key: control.access_key.clone(),
             open: control.open,
+            quotas: limits.quotas(),
             ..Default::default()
         };
         let listen = Listen { addr: http, tls };
@@ -192,7 +197,7 @@ async fn serve(
         None => None,
     };
     let origin = api.state().origin().clone();
-    let control = fhirlake::control::ControlPlane::new(registry, origin, control);
+    let control = fhirlake::control::ControlPlane::new(registry.clone(), origin, control);
     let interrupted = control.fail_interrupted_jobs().await?;
     if interrupted > 0 {
         tracing::warn!("{interrupted} job(s) interrupted by the last shutdown were marked FAILED");
@@ -227,6 +232,41 @@ async fn serve(
     if let Some(task) = flight_task {
         task.await??;
     }
+    // The REST server flushed the audit log when it stopped; Flight SQL may have added since.
+    if let Some(audit) = registry.audit() {
+        audit.flush().await;
+    }
     api_result?;
     Ok(())
+}
+
+/// HealthLake-style request-rate quotas (off unless asked for).
+#[derive(clap::Args)]
+struct QuotaArgs {
+    /// Throttle requests per data store and operation with a quota preset: `healthlake`
+    /// (HealthLake's default quotas, e.g. 3000 reads, 100 searches, 10 Bundles per second).
+    /// Without it nothing is throttled (except the --quota overrides).
+    #[arg(long, value_name = "PRESET", value_parser = ["healthlake"])]
+    quotas: Option<String>,
+    /// Set one operation's quota (repeatable): RATE requests per second (0 lifts it), BURST
+    /// requests at once (default: one second's worth), e.g. --quota ReadResource=100/200.
+    #[arg(long, value_name = "OPERATION=RATE[/BURST]", value_parser = parse_quota)]
+    quota: Vec<(&'static str, Option<fhirlake::limits::Quota>)>,
+}
+
+impl QuotaArgs {
+    fn quotas(&self) -> fhirlake::limits::Quotas {
+        let mut quotas = match self.quotas.as_deref() {
+            Some("healthlake") => fhirlake::limits::Quotas::healthlake(),
+            _ => fhirlake::limits::Quotas::off(),
+        };
+        for (operation, quota) in &self.quota {
+            quotas.set(operation, *quota);
+        }
+        quotas
+    }
+}
+
+fn parse_quota(spec: &str) -> Result<(&'static str, Option<fhirlake::limits::Quota>), String> {
+    fhirlake::limits::quota::parse_override(spec)
 }

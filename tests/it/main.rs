@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per area.
 mod api;
 mod api_crash;
+mod audit;
 mod common;
 mod control;
 mod crash;
@@ -10,6 +11,7 @@ mod flight;
 mod ingest;
 mod installation;
 mod lake;
+mod limits;
 mod repl;
 mod schema_gen;
 mod search;

@@ -4,12 +4,15 @@
 //! lake of a data directory) and, while serving, one [`registry`] of live data stores.
 
 pub mod api;
+pub mod audit;
 pub mod auth;
 pub mod control;
 pub mod export;
 pub mod flight;
 pub mod ingest;
 pub mod installation;
+pub mod limits;
+pub mod operation_name;
 pub mod origin;
 pub mod registry;
 pub mod tls;

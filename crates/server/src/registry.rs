@@ -18,6 +18,7 @@ use fhirlake_search::Searcher;
 use fhirlake_sql::{SqlEngine, SqlError};
 use fhirlake_store::{Datastore, StoreError};
 
+use crate::audit::{AUDIT_DIR, AuditError, AuditLog, WriterConfig, table as audit_table};
 use crate::auth::DatastoreAuth;
 use crate::auth::config::ConfigError;
 use crate::installation::Installation;
@@ -69,6 +70,8 @@ struct Inner {
     sql: SqlEngine,
     /// One engine per SQL name whose current data store is that one.
     engines: Mutex<HashMap<String, Arc<SqlEngine>>>,
+    /// The audit log, once a server enabled it ([`Registry::enable_audit`]).
+    audit: Mutex<Option<AuditLog>>,
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
@@ -119,12 +122,35 @@ impl Registry {
                 syncs: Default::default(),
                 sql,
                 engines: Default::default(),
+                audit: Default::default(),
             }),
         })
     }
 
     pub fn installation(&self) -> &Installation {
         &self.inner.installation
+    }
+
+    /// The audit log every front end appends to, if this process keeps one.
+    pub fn audit(&self) -> Option<AuditLog> {
+        lock(&self.inner.audit).clone()
+    }
+
+    /// Opens the installation's audit log (once; later calls return the same one) and makes
+    /// it SQL's `fhirlake_audit.log`. Servers call this; CLI commands do not, so one process
+    /// at a time extends the chain.
+    pub fn enable_audit(&self) -> Result<AuditLog, AuditError> {
+        let mut audit = lock(&self.inner.audit);
+        if let Some(log) = audit.as_ref() {
+            return Ok(log.clone());
+        }
+        let data_dir = &self.inner.installation.data_dir;
+        let log = AuditLog::open(&data_dir.join(AUDIT_DIR), WriterConfig::default())?;
+        if let Err(e) = audit_table::register(&self.inner.sql, data_dir) {
+            tracing::warn!("the audit log is not queryable with SQL: {e}");
+        }
+        *audit = Some(log.clone());
+        Ok(log)
     }
 
     /// How often each live data store's changes are committed to the lake.

@@ -121,6 +121,9 @@ impl SchemaProvider for DatastoreSchema {
 /// The registered data stores, shared by every engine opened from the same root engine.
 type DatastoreMap = Arc<RwLock<BTreeMap<String, Arc<DatastoreSchema>>>>;
 
+/// Schemas that are not data stores (the audit log), by name; shared like [`DatastoreMap`].
+type SystemMap = Arc<RwLock<BTreeMap<String, Arc<dyn SchemaProvider>>>>;
+
 /// The catalog holding every registered data store, with this engine's current one.
 ///
 /// The data store map is shared between engines made with [`FhirlakeCatalog::view`], so a
@@ -129,6 +132,9 @@ type DatastoreMap = Arc<RwLock<BTreeMap<String, Arc<DatastoreSchema>>>>;
 pub(crate) struct FhirlakeCatalog {
     datastores: DatastoreMap,
     current: RwLock<Option<String>>,
+    /// Never current and never listed as data stores, so `USE` and the data store lists
+    /// ignore them; a data store of the same name takes precedence (names are reserved).
+    system: SystemMap,
 }
 
 /// Reads or writes a lock whose holder panicked: every update here is a single insert or
@@ -147,7 +153,13 @@ impl FhirlakeCatalog {
         Self {
             datastores: Arc::clone(&self.datastores),
             current: RwLock::new(current),
+            system: Arc::clone(&self.system),
         }
+    }
+
+    /// Adds or replaces the system schema `name` (already lower-case).
+    pub fn insert_system(&self, name: String, schema: Arc<dyn SchemaProvider>) {
+        write(&self.system).insert(name, schema);
     }
 
     /// Adds or replaces data store `name` (already lower-case). The first data store
@@ -207,12 +219,17 @@ impl CatalogProvider for FhirlakeCatalog {
         self
     }
 
-    /// Real data stores only: the alias would list every table twice.
+    /// Real data stores and system schemas: the alias would list every table twice.
     fn schema_names(&self) -> Vec<String> {
-        self.names()
+        let mut names = self.names();
+        names.extend(read(&self.system).keys().cloned());
+        names
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        self.get(name).map(|s| s as Arc<dyn SchemaProvider>)
+        match self.get(name) {
+            Some(s) => Some(s as Arc<dyn SchemaProvider>),
+            None => read(&self.system).get(name).cloned(),
+        }
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::catalog::TableProvider;
+use datafusion::catalog::{SchemaProvider, TableProvider};
 use datafusion::common::ScalarValue;
 use datafusion::dataframe::DataFrame;
 use datafusion::datasource::empty::EmptyTable;
@@ -306,6 +306,14 @@ impl SqlEngine {
         if self.catalog.current().as_deref() == Some(name.as_str()) {
             self.set_default_schema(&name);
         }
+    }
+
+    /// Registers `schema` as the schema `name` (lower-cased) of every engine sharing this
+    /// one's data stores, without making it a data store: it is never current and is not in
+    /// [`Self::datastores`]. For tables the server itself keeps (the audit log).
+    pub fn register_system_schema(&self, name: &str, schema: Arc<dyn SchemaProvider>) {
+        self.catalog
+            .insert_system(lowercase::fold_name(name), schema);
     }
 
     /// Removes data store `name`; false when it was not registered.

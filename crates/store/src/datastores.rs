@@ -67,14 +67,15 @@ pub struct Datastore {
 }
 
 /// Data store names double as SQL schema and Iceberg namespace names, so they are plain
-/// lower-case identifiers.
+/// lower-case identifiers. `database` is the SQL alias of the current data store and
+/// `fhirlake_audit` the SQL schema of the server's audit log.
 pub fn validate_name(name: &str) -> Result<(), StoreError> {
     let ok = (1..=63).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name != "database";
+        && !matches!(name, "database" | "fhirlake_audit");
     if ok {
         Ok(())
     } else {
@@ -366,7 +367,15 @@ mod tests {
     fn names_are_sql_identifiers() {
         assert!(validate_name("fhir").is_ok());
         assert!(validate_name("store_2").is_ok());
-        for bad in ["", "2x", "Fhir", "a-b", "database", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "2x",
+            "Fhir",
+            "a-b",
+            "database",
+            "fhirlake_audit",
+            &"a".repeat(64),
+        ] {
             assert!(validate_name(bad).is_err(), "{bad} should be refused");
         }
     }

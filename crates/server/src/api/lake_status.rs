@@ -3,7 +3,8 @@
 //! Per resource type with pending changes: the store's latest change sequence, the
 //! watermark recorded in the table's current Iceberg snapshot, how many versions wait and
 //! since when. `lagSeconds` is the age of the oldest waiting version (0 when in sync).
-//! `GET /metrics` gives the same figures for every data store in Prometheus' text format.
+//! `GET /metrics` gives the same figures for every data store in Prometheus' text format,
+//! followed by the per-operation request metrics ([`crate::limits`]).
 
 use axum::http::StatusCode;
 use serde::Serialize;
@@ -46,7 +47,8 @@ pub async fn reply(ctx: &Ctx) -> Result<Reply, ApiError> {
     Ok(Reply::new(StatusCode::OK, Body::Json(text)))
 }
 
-/// `GET /metrics`: the lake status of every data store in Prometheus' text format.
+/// `GET /metrics`: the lake status of every data store and the per-operation request
+/// metrics, in Prometheus' text format.
 pub async fn metrics(state: &ApiState) -> Result<String, ApiError> {
     let mut lag = String::new();
     let mut pending = String::new();
@@ -73,7 +75,8 @@ pub async fn metrics(state: &ApiState) -> Result<String, ApiError> {
          # HELP fhirlake_lake_pending_changes Resource versions written but not yet committed to the lake.\n\
          # TYPE fhirlake_lake_pending_changes gauge\n{pending}\
          # HELP fhirlake_store_change_sequence Latest change sequence number of the resource store.\n\
-         # TYPE fhirlake_store_change_sequence counter\n{seq}"
+         # TYPE fhirlake_store_change_sequence counter\n{seq}{}",
+        state.limits().render()
     ))
 }
 

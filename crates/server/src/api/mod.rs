@@ -24,6 +24,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::connect_info::Connected;
+use axum::serve::IncomingStream;
 
 use crate::auth::sigv4::AccessKey;
 use crate::installation::{Installation, InstallationError};
@@ -49,6 +51,9 @@ pub struct ApiConfig {
     /// Whether AWS_AUTH data stores answer unsigned requests when there is no key (the
     /// server allows it on loopback, or off it with `--insecure`).
     pub open: bool,
+    /// Request-rate quotas per data store and operation (`--quotas`, `--quota`); off by
+    /// default, since a self-hosted server should not throttle unless asked.
+    pub quotas: crate::limits::Quotas,
 }
 
 impl Default for ApiConfig {
@@ -59,6 +64,7 @@ impl Default for ApiConfig {
             sync_interval: Duration::from_millis(500),
             access_key: None,
             open: true,
+            quotas: crate::limits::Quotas::off(),
         }
     }
 }
@@ -76,6 +82,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
 }
 
 /// Shared state of the handlers: the live data stores, the REST settings and the origin its
@@ -89,6 +97,8 @@ struct StateInner {
     registry: Registry,
     config: ApiConfig,
     origin: HttpOrigin,
+    /// Per-operation metrics and quota buckets (see [`crate::limits`]).
+    limits: crate::limits::Limits,
 }
 
 impl ApiState {
@@ -96,6 +106,7 @@ impl ApiState {
         Self {
             inner: Arc::new(StateInner {
                 registry,
+                limits: crate::limits::Limits::new(config.quotas.clone()),
                 config,
                 origin,
             }),
@@ -116,6 +127,10 @@ impl ApiState {
 
     pub fn origin(&self) -> &HttpOrigin {
         &self.inner.origin
+    }
+
+    pub fn limits(&self) -> &crate::limits::Limits {
+        &self.inner.limits
     }
 
     /// The served data store with this id.
@@ -183,6 +198,7 @@ impl Server {
             .await
             .map_err(|e| ServeError::Bind(addr, e))?;
         let local_addr = listener.local_addr()?;
+        registry.enable_audit()?;
         let origin = match tls {
             Some(_) => HttpOrigin::https(local_addr.to_string()),
             None => HttpOrigin::new(local_addr.to_string()),
@@ -236,6 +252,15 @@ impl Server {
             .into_iter()
             .fold(router(self.state), |app, extra| app.merge(extra))
             .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::limits::track,
+            ))
+            // Inside the detach layer, so a write whose client left is recorded with its status.
+            .layer(axum::middleware::from_fn_with_state(
+                state.registry().audit(),
+                crate::audit::http::record,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
                 writes.clone(),
                 detach::run_to_completion,
             ));
@@ -248,6 +273,9 @@ impl Server {
         writes.wait().await;
         tracing::info!("HTTP server stopped; flushing the lake");
         let flushed = state.registry().flush().await;
+        if let Some(audit) = state.registry().audit() {
+            audit.flush().await;
+        }
         served?;
         Ok(flushed?)
     }
@@ -261,9 +289,11 @@ async fn serve_on<L>(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    crate::audit::http::PeerAddr: for<'a> Connected<IncomingStream<'a, L>>,
 {
+    // The peer address reaches the audit log as `ConnectInfo<PeerAddr>`.
+    let app = app.into_make_service_with_connect_info::<crate::audit::http::PeerAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

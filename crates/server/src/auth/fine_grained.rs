@@ -34,11 +34,7 @@ pub struct CareTeams {
 
 impl CareTeams {
     /// The patients `fhir_user` (`Practitioner/1`, or an absolute URL ending so) reaches.
-    pub async fn patients_of(
-        &self,
-        live: &Live,
-        fhir_user: &str,
-    ) -> Result<Patients, String> {
+    pub async fn patients_of(&self, live: &Live, fhir_user: &str) -> Result<Patients, String> {
         if let Some(found) = self.recall(fhir_user) {
             return Ok(found);
         }

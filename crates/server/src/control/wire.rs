@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use super::operation::Operation;
 use super::requests::Request;
 use super::{ControlError, ControlPlane};
+use crate::audit::http::Subject;
+use crate::auth::Caller;
 
 /// The content type of the protocol.
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
@@ -58,14 +60,35 @@ fn reply(status: StatusCode, body: &Value) -> Response {
     response
 }
 
-fn error_reply(e: &ControlError) -> Response {
-    reply(
+/// The AWS JSON error answer; the type is in `x-amzn-ErrorType` too (as AWS sends it), so
+/// the metrics middleware can tell a ThrottlingException from other 400s.
+pub(crate) fn error_reply(e: &ControlError) -> Response {
+    let mut response = reply(
         e.status(),
         &json!({"__type": e.type_name(), "message": e.to_string()}),
-    )
+    );
+    let error_type = HeaderValue::from_static(e.type_name());
+    response
+        .headers_mut()
+        .insert("x-amzn-errortype", error_type);
+    response
 }
 
-async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: Bytes) -> Response {
+/// Answers a call and tells the audit log (outer middleware) who made it: the access key
+/// that signed it, or anonymous on an open server (or when the signature was refused).
+async fn handle(control: State<ControlPlane>, headers: HeaderMap, body: Bytes) -> Response {
+    let caller = match &control.config().access_key {
+        Some(key) => Caller::AccessKey(key.id.clone()),
+        None => Caller::Anonymous,
+    };
+    let mut response = answer(control, headers, body).await;
+    if !matches!(response.status().as_u16(), 401 | 403) {
+        response.extensions_mut().insert(caller);
+    }
+    response
+}
+
+async fn answer(State(control): State<ControlPlane>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = authenticate(&control, &headers, &body) {
         return error_reply(&e);
     }
@@ -111,12 +134,31 @@ async fn handle(State(control): State<ControlPlane>, headers: HeaderMap, body: B
     };
     let host = control.origin().host(&headers).to_string();
     match control.call(&request, &host).await {
-        Ok(out) => reply(StatusCode::OK, &json!(out)),
+        Ok(out) => {
+            let out = json!(out);
+            let mut response = reply(StatusCode::OK, &out);
+            response.extensions_mut().insert(subject(&parsed, &out));
+            response
+        }
         Err(e) => {
             if matches!(e, ControlError::Internal(_)) {
                 tracing::error!(%operation, "control plane: {e}");
             }
             error_reply(&e)
         }
+    }
+}
+
+/// The data store and job a call concerned, for the audit log: named in the request or, for
+/// what the call created, in its output.
+fn subject(request: &Value, output: &Value) -> Subject {
+    let member = |name: &str| {
+        [request, output]
+            .into_iter()
+            .find_map(|v| v.get(name)?.as_str().map(String::from))
+    };
+    Subject {
+        datastore_id: member("DatastoreId"),
+        job_id: member("JobId"),
     }
 }

@@ -154,6 +154,26 @@ impl Authenticator {
         }
     }
 
+    /// Who a call is, for the audit log: the basic-auth user (also for the session tokens its
+    /// handshake issued), `bearer-token` for the static token, `anonymous` when open.
+    pub fn principal(&self, metadata: &MetadataMap) -> String {
+        if !self.is_enabled() {
+            return "anonymous".into();
+        }
+        let header = Self::authorization(metadata)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let static_token = header.strip_prefix("Bearer ").is_some_and(|t| {
+            (self.config.token.as_deref()).is_some_and(|c| same_secret(c, t.trim()))
+        });
+        match &self.config.basic {
+            _ if static_token => "bearer-token".into(),
+            Some((user, _)) if !header.is_empty() => user.clone(),
+            _ => "anonymous".into(),
+        }
+    }
+
     /// The handshake: validates the credentials and returns the bearer token the client
     /// should send from now on (`None` when authentication is off).
     pub fn handshake(&self, metadata: &MetadataMap) -> Result<Option<String>, Status> {

@@ -11,6 +11,7 @@
 //! ADBC and JDBC), or `USE name` in a session kept by cookie; otherwise the installation's
 //! default data store. Qualified names (`research.patient`) work everywhere.
 
+mod audit;
 pub mod auth;
 mod metadata;
 pub mod service;

@@ -199,6 +199,18 @@ impl FhirlakeFlightSql {
         Ok(Box::pin(flight))
     }
 
+    /// DoGet of a statement ticket (audited by `do_get_statement`).
+    async fn get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        self.auth.check(request.metadata())?;
+        let ticket: QueryTicket = serde_json::from_slice(&ticket.statement_handle)
+            .map_err(|_| Status::invalid_argument("the ticket was not issued by this server"))?;
+        Ok(Response::new(self.run_ticket(ticket).await?))
+    }
+
     /// Authenticates a metadata request and answers with a ticket that carries the command.
     fn metadata_info<C: ProstMessageExt>(
         &self,
@@ -497,10 +509,12 @@ impl FlightSqlService for FhirlakeFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
-        let ticket: QueryTicket = serde_json::from_slice(&ticket.statement_handle)
-            .map_err(|_| Status::invalid_argument("the ticket was not issued by this server"))?;
-        Ok(Response::new(self.run_ticket(ticket).await?))
+        let (registry, metadata) = (&self.registry, request.metadata());
+        let peer = request.remote_addr();
+        let entry = super::audit::entry(registry, &self.auth, &ticket, metadata, peer);
+        let result = self.get_statement(ticket, request).await;
+        super::audit::finish(registry, entry, result.as_ref().err()).await;
+        result
     }
 
     async fn do_action_create_prepared_statement(
