@@ -102,6 +102,8 @@ impl FlightArgs {
             memory_limit: (self.query_memory_mb > 0).then_some(self.query_memory_mb << 20),
             timeout: (self.query_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.query_timeout_secs)),
+            // Set once the REST API is bound (`serve`).
+            http_origin: None,
         })
     }
 }
@@ -190,13 +192,18 @@ async fn serve(
         }
         None => fhirlake::api::Server::bind_registry(registry.clone(), http.addr, config).await?,
     };
+    let origin = api.state().origin().clone();
     let flight = match flight {
         Some(config) => {
+            // SMART tokens name the REST API's data store endpoints.
+            let config = fhirlake::flight::FlightSqlConfig {
+                http_origin: Some(origin.clone()),
+                ..config
+            };
             Some(fhirlake::flight::FlightSqlServer::bind(registry.clone(), config).await?)
         }
         None => None,
     };
-    let origin = api.state().origin().clone();
     let control = fhirlake::control::ControlPlane::new(registry.clone(), origin, control);
     let interrupted = control.fail_interrupted_jobs().await?;
     if interrupted > 0 {

@@ -135,6 +135,7 @@ def start_server():
         m = re.search(r"Flight SQL endpoint: (grpc://\S+)", line)
         if m:
             grpc = m.group(1)
+    S.grpc = grpc
     return endpoint, default_base
 
 
@@ -238,7 +239,7 @@ class S:
     """State shared by the sections."""
     idp = {}
     hl = None
-    base = base2 = plain_base = default_base = None
+    base = base2 = plain_base = default_base = grpc = None
     metadata = {}
 
 
@@ -874,6 +875,58 @@ def introspection():
           r.status_code == 200, show(r))
 
 
+def flight_sql():
+    """The same SMART tokens over Flight SQL (ADBC): a system/ or user/ read scope per table
+    of the token's own data store; patient scopes, other data stores and no token refused."""
+    import adbc_driver_flightsql.dbapi as flight_sql
+
+    def query(sql, datastore, tok=None):
+        kw = {"adbc.flight.sql.rpc.call_header.x-fhirlake-datastore": datastore}
+        if tok:
+            kw["adbc.flight.sql.authorization_header"] = f"Bearer {tok}"
+        try:
+            with flight_sql.connect(S.grpc, db_kwargs=kw, autocommit=True) as conn:
+                cur = conn.cursor()
+                cur.execute(sql)
+                return cur.fetchall()
+        except Exception as e:  # noqa: BLE001 (ADBC raises its own error classes)
+            return e
+
+    # The lake catches up within about a second of the writes seeded above.
+    system = token("system/*.read")
+    deadline = time.time() + 30
+    rows = query("SELECT count(*) FROM patient", "smart-v1", system)
+    while isinstance(rows, Exception) or rows[0][0] < 2:
+        if time.time() > deadline:
+            break
+        time.sleep(0.5)
+        rows = query("SELECT count(*) FROM patient", "smart-v1", system)
+    check("Flight SQL: a system/*.read token queries its SMART data store's tables",
+          not isinstance(rows, Exception) and rows[0][0] >= 2, rows)
+    obs = token("user/Observation.read")
+    rows = query("SELECT count(*) FROM observation", "smart-v1", obs)
+    check("Flight SQL: user/Observation.read reads the observation table",
+          not isinstance(rows, Exception), rows)
+    err = query("SELECT count(*) FROM patient", "smart-v1", obs)
+    check("Flight SQL: user/Observation.read cannot read the patient table",
+          isinstance(err, Exception) and "scope" in str(err), err)
+    err = query("SELECT count(*) FROM patient", "smart-v1",
+                token("launch/patient patient/*.read", patient="pat-a"))
+    check("Flight SQL: a patient-level token is refused (SQL cannot be confined to a compartment)",
+          isinstance(err, Exception) and "compartment" in str(err), err)
+    err = query("SELECT count(*) FROM plain.patient", "smart-v1", system)
+    check("Flight SQL: a SMART token does not reach another data store's tables",
+          isinstance(err, Exception) and "own data store" in str(err), err)
+    err = query("SELECT count(*) FROM patient", "smart-v1")
+    check("Flight SQL: without a token, a SMART data store's tables are refused",
+          isinstance(err, Exception) and "SMART" in str(err), err)
+    err = query("SELECT count(*) FROM patient", "smart-v1", "not-a-jwt")
+    check("Flight SQL: a bad token is refused", isinstance(err, Exception), err)
+    rows = query("SELECT 1", "plain")
+    check("Flight SQL: the open loopback endpoint still serves the other data stores",
+          not isinstance(rows, Exception) and rows[0][0] == 1, rows)
+
+
 def section(name, fn):
     """Runs one section; an exception in it is a failed check, and the next section still runs."""
     try:
@@ -903,6 +956,7 @@ try:
         section("authorization code", authorization_code)
         section("fhirpy", with_fhirpy)
         section("introspection", introspection)
+        section("Flight SQL", flight_sql)
     section("data stores without SMART", plain_store)
 finally:
     stop_all()

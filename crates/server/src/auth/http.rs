@@ -17,7 +17,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::sigv4::{self, AccessKey};
-use super::{AuthError, Caller};
+use super::{AuthError, Caller, Principal};
 use crate::origin::HttpOrigin;
 use crate::registry::Live;
 use crate::registry::Registry;
@@ -122,18 +122,28 @@ async fn bearer(
     let value = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
+    Ok(Caller::Smart(principal(live, value, &audiences).await?))
+}
+
+/// The principal of a SMART access token for `live` (a SMART data store), with the patients
+/// a fine-grained user reaches resolved; shared by every front end that takes SMART tokens.
+pub async fn principal(
+    live: &Live,
+    authorization: Option<&str>,
+    audiences: &[String],
+) -> Result<Arc<Principal>, AuthError> {
     let mut principal = live
         .auth
-        .authenticate_bearer(value, &audiences)
+        .authenticate_bearer(authorization, audiences)
         .await?
-        .expect("a SMART data store authenticates bearer tokens");
+        .ok_or(AuthError::MissingToken)?;
     if principal.fine_grained
         && let Some(user) = &principal.fhir_user
     {
         let patients = live.auth.care_teams.patients_of(live, user).await;
         principal.care_of = Some(patients.map_err(AuthError::Unresolved)?);
     }
-    Ok(Caller::Smart(Arc::new(principal)))
+    Ok(Arc::new(principal))
 }
 
 /// SigV4 for AWS_AUTH data stores on a server with keys; the body is read (within the body

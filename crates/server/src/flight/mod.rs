@@ -11,6 +11,7 @@
 //! ADBC and JDBC), or `USE name` in a session kept by cookie; otherwise the installation's
 //! default data store. Qualified names (`research.patient`) work everywhere.
 
+mod access;
 mod audit;
 pub mod auth;
 mod metadata;
@@ -46,6 +47,9 @@ pub struct FlightSqlConfig {
     pub memory_limit: Option<usize>,
     /// Longest one query may run.
     pub timeout: Option<Duration>,
+    /// The REST API's origin: SMART data stores' access tokens name its endpoints, so with
+    /// it Flight SQL accepts them ([`access`]).
+    pub http_origin: Option<crate::origin::HttpOrigin>,
 }
 
 impl Default for FlightSqlConfig {
@@ -56,6 +60,7 @@ impl Default for FlightSqlConfig {
             tls: None,
             memory_limit: Some(2 << 30),
             timeout: Some(Duration::from_secs(600)),
+            http_origin: None,
         }
     }
 }
@@ -126,6 +131,7 @@ impl FlightSqlServer {
                     memory_bytes: config.memory_limit,
                 },
                 timeout: config.timeout,
+                http_origin: config.http_origin.clone(),
             },
         );
         let listener = tokio::net::TcpListener::bind(config.addr)

@@ -39,6 +39,7 @@ use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::access::{self, FlightCaller};
 use super::auth::Authenticator;
 use super::metadata::{self, TABLE_TYPE};
 use super::state::{Interrupted, InterruptedError, QueryTicket, ServerState, guard};
@@ -66,6 +67,9 @@ pub struct ServiceConfig {
     pub limits: QueryLimits,
     /// Longest a query may run, from the start of its fetch to its last batch.
     pub timeout: Option<Duration>,
+    /// The REST API's origin, whose data store endpoints SMART tokens name as audience
+    /// (`None`: SMART tokens are not accepted).
+    pub http_origin: Option<crate::origin::HttpOrigin>,
 }
 
 /// The Flight SQL service.
@@ -108,10 +112,46 @@ impl FhirlakeFlightSql {
         })
     }
 
-    /// Authenticates the call and picks its data store: the header, else the session's
-    /// `USE`, else the default.
-    fn call_datastore(&self, metadata: &MetadataMap) -> Result<String, Status> {
-        self.auth.check(metadata)?;
+    /// Authenticates the call: the endpoint's credentials, nothing on an open endpoint, or a
+    /// SMART access token of the call's data store ([`super::access`]).
+    async fn authenticate(&self, metadata: &MetadataMap) -> Result<FlightCaller, Status> {
+        let bearer = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| v.starts_with("Bearer "));
+        match (self.auth.check(metadata), bearer) {
+            (Ok(()), _) if self.auth.is_enabled() => return Ok(FlightCaller::Operator),
+            (Ok(()), None) => return Ok(FlightCaller::Open),
+            (Err(e), None) => return Err(e),
+            _ => {}
+        }
+        let datastore = self.datastore_of(metadata)?;
+        let smart = self
+            .registry
+            .resolve(&datastore)
+            .filter(|l| l.auth.smart_metadata().is_some());
+        match (smart, bearer) {
+            (Some(live), Some(token)) => {
+                access::smart_caller(&live, self.config.http_origin.as_ref(), token).await
+            }
+            _ if self.auth.is_enabled() => Err(Status::unauthenticated(
+                "invalid credentials: the token, user name or password was not accepted",
+            )),
+            _ => Ok(FlightCaller::Open),
+        }
+    }
+
+    /// Authenticates the call and picks its data store.
+    async fn call_datastore(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(String, FlightCaller), Status> {
+        let caller = self.authenticate(metadata).await?;
+        Ok((self.datastore_of(metadata)?, caller))
+    }
+
+    /// The call's data store: the header, else the session's `USE`, else the default.
+    fn datastore_of(&self, metadata: &MetadataMap) -> Result<String, Status> {
         if let Some(v) = metadata.get(DATASTORE_HEADER) {
             let name = v.to_str().map_err(|_| {
                 Status::invalid_argument(format!("the {DATASTORE_HEADER} header is not ASCII"))
@@ -131,12 +171,13 @@ impl FhirlakeFlightSql {
     async fn statement_info(
         &self,
         sql: &str,
-        datastore: &str,
+        (datastore, caller): (&str, &FlightCaller),
         prepared: Option<String>,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
         let (datastore, engine) = self.engine(datastore)?;
         let plan = engine.plan(sql).await.map_err(sql_status)?;
+        access::check_plan(&self.registry, &plan, &datastore, caller)?;
         let schema = plan.schema().as_arrow().clone();
         let ticket = self
             .state
@@ -159,7 +200,11 @@ impl FhirlakeFlightSql {
     }
 
     /// Runs a ticket's query and streams its batches as Flight data.
-    async fn run_ticket(&self, ticket: QueryTicket) -> Result<DoGetStream, Status> {
+    async fn run_ticket(
+        &self,
+        ticket: QueryTicket,
+        caller: &FlightCaller,
+    ) -> Result<DoGetStream, Status> {
         let params = match &ticket.prepared {
             None => Vec::new(),
             Some(handle) => {
@@ -176,6 +221,7 @@ impl FhirlakeFlightSql {
             return Err(Status::cancelled("query cancelled by the client"));
         }
         let plan = engine.plan(&ticket.sql).await.map_err(sql_status)?;
+        access::check_plan(&self.registry, &plan, &ticket.datastore, caller)?;
         let stream = engine
             .execute_plan(plan, params, &self.config.limits)
             .await
@@ -203,22 +249,21 @@ impl FhirlakeFlightSql {
     async fn get_statement(
         &self,
         ticket: TicketStatementQuery,
-        request: Request<Ticket>,
+        caller: &FlightCaller,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
         let ticket: QueryTicket = serde_json::from_slice(&ticket.statement_handle)
             .map_err(|_| Status::invalid_argument("the ticket was not issued by this server"))?;
-        Ok(Response::new(self.run_ticket(ticket).await?))
+        Ok(Response::new(self.run_ticket(ticket, caller).await?))
     }
 
     /// Authenticates a metadata request and answers with a ticket that carries the command.
-    fn metadata_info<C: ProstMessageExt>(
+    async fn metadata_info<C: ProstMessageExt>(
         &self,
         command: C,
         schema: &Schema,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let descriptor = request.into_inner();
         let ticket = Ticket::new(command.as_any().encode_to_vec());
         let info = FlightInfo::new()
@@ -231,13 +276,13 @@ impl FhirlakeFlightSql {
 
     /// Handles `USE name`: remembers the data store for the caller's session (creating one,
     /// announced with a cookie, when the call has none).
-    fn use_datastore(
+    async fn use_datastore(
         &self,
         name: &str,
         metadata: &MetadataMap,
         descriptor: FlightDescriptor,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(metadata)?;
+        self.authenticate(metadata).await?;
         let (name, _) = self.engine(name)?;
         let (session, new) = match session_id(metadata) {
             Some(s) => (s, false),
@@ -469,11 +514,16 @@ impl FlightSqlService for FhirlakeFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         if let Some(name) = use_statement(&query.query) {
             let (metadata, _, descriptor) = request.into_parts();
-            return self.use_datastore(&name, &metadata, descriptor);
+            return self.use_datastore(&name, &metadata, descriptor).await;
         }
-        let datastore = self.call_datastore(request.metadata())?;
+        let (datastore, caller) = self.call_datastore(request.metadata()).await?;
         let info = self
-            .statement_info(&query.query, &datastore, None, request.into_inner())
+            .statement_info(
+                &query.query,
+                (&datastore, &caller),
+                None,
+                request.into_inner(),
+            )
             .await?;
         Ok(Response::new(info))
     }
@@ -483,7 +533,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        self.auth.check(request.metadata())?;
+        let caller = self.authenticate(request.metadata()).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
         let prepared = self
             .state
@@ -491,12 +541,12 @@ impl FlightSqlService for FhirlakeFlightSql {
             .ok_or_else(|| unknown_prepared(&handle))?;
         if let Some(name) = use_statement(&prepared.sql) {
             let (metadata, _, descriptor) = request.into_parts();
-            return self.use_datastore(&name, &metadata, descriptor);
+            return self.use_datastore(&name, &metadata, descriptor).await;
         }
         let info = self
             .statement_info(
                 &prepared.sql,
-                &prepared.datastore,
+                (&prepared.datastore, &caller),
                 Some(handle),
                 request.into_inner(),
             )
@@ -511,8 +561,15 @@ impl FlightSqlService for FhirlakeFlightSql {
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let (registry, metadata) = (&self.registry, request.metadata());
         let peer = request.remote_addr();
-        let entry = super::audit::entry(registry, &self.auth, &ticket, metadata, peer);
-        let result = self.get_statement(ticket, request).await;
+        let mut entry = super::audit::entry(registry, &self.auth, &ticket, metadata, peer);
+        let caller = self.authenticate(metadata).await;
+        if let Some(name) = caller.as_ref().ok().and_then(FlightCaller::name) {
+            entry.principal = name;
+        }
+        let result = match caller {
+            Ok(caller) => self.get_statement(ticket, &caller).await,
+            Err(e) => Err(e),
+        };
         super::audit::finish(registry, entry, result.as_ref().err()).await;
         result
     }
@@ -522,7 +579,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let datastore = self.call_datastore(request.metadata())?;
+        let (datastore, _) = self.call_datastore(request.metadata()).await?;
         if let Some(name) = use_statement(&query.query) {
             // ADBC prepares every statement; `USE` takes effect when it is executed.
             let (name, _) = self.engine(&name)?;
@@ -565,7 +622,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
         let batches: Vec<RecordBatch> =
             arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(
@@ -588,7 +645,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         command: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let datastore = self.call_datastore(request.metadata())?;
+        let (datastore, _) = self.call_datastore(request.metadata()).await?;
         self.update(&command.query, &datastore, request.metadata())
             .await
     }
@@ -598,7 +655,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         command: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let handle = String::from_utf8_lossy(&command.prepared_statement_handle).to_string();
         let prepared = self
             .state
@@ -613,7 +670,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: ActionClosePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<(), Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let handle = String::from_utf8_lossy(&query.prepared_statement_handle).to_string();
         // Closing twice is harmless.
         self.state.close_prepared(&handle);
@@ -625,7 +682,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: ActionCancelQueryRequest,
         request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let info = FlightInfo::decode(query.info)
             .map_err(|e| Status::invalid_argument(format!("not a FlightInfo: {e}")))?;
         if !self.cancel_tickets(&info) {
@@ -642,7 +699,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let action = request.into_inner();
         if action.r#type != "CancelFlightInfo" {
             return Err(Status::unimplemented(format!(
@@ -675,7 +732,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.metadata_info(query, &schema, request)
+        self.metadata_info(query, &schema, request).await
     }
 
     async fn do_get_catalogs(
@@ -683,7 +740,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let mut builder = query.into_builder();
         builder.append(CATALOG_NAME);
         Ok(Response::new(batch_stream(
@@ -697,7 +754,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.metadata_info(query, &schema, request)
+        self.metadata_info(query, &schema, request).await
     }
 
     async fn do_get_schemas(
@@ -705,7 +762,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let mut builder = query.into_builder();
         for datastore in self.registry.sql().datastores() {
             builder.append(CATALOG_NAME, datastore);
@@ -721,7 +778,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder().schema();
-        self.metadata_info(query, &schema, request)
+        self.metadata_info(query, &schema, request).await
     }
 
     async fn do_get_tables(
@@ -729,7 +786,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let mut builder = query.into_builder();
         for datastore in self.registry.sql().datastores() {
             for table in self
@@ -760,7 +817,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.into_builder().schema();
-        self.metadata_info(query, &schema, request)
+        self.metadata_info(query, &schema, request).await
     }
 
     async fn do_get_table_types(
@@ -768,7 +825,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let mut builder = query.into_builder();
         builder.append(TABLE_TYPE);
         Ok(Response::new(batch_stream(
@@ -782,7 +839,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let schema = query.clone().into_builder(&self.sql_info).schema();
-        self.metadata_info(query, &schema, request)
+        self.metadata_info(query, &schema, request).await
     }
 
     async fn do_get_sql_info(
@@ -790,7 +847,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         let batch = query
             .into_builder(&self.sql_info)
             .build()
@@ -804,6 +861,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.metadata_info(query, &metadata::primary_keys_schema(), request)
+            .await
     }
 
     async fn do_get_primary_keys(
@@ -811,7 +869,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         _query: CommandGetPrimaryKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         Ok(Response::new(batch_stream(metadata::no_primary_keys())))
     }
 
@@ -821,6 +879,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.metadata_info(query, &metadata::foreign_keys_schema(), request)
+            .await
     }
 
     async fn do_get_exported_keys(
@@ -828,7 +887,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         _query: CommandGetExportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         Ok(Response::new(batch_stream(metadata::no_foreign_keys())))
     }
 
@@ -838,6 +897,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         self.metadata_info(query, &metadata::foreign_keys_schema(), request)
+            .await
     }
 
     async fn do_get_imported_keys(
@@ -845,7 +905,7 @@ impl FlightSqlService for FhirlakeFlightSql {
         _query: CommandGetImportedKeys,
         request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
-        self.auth.check(request.metadata())?;
+        self.authenticate(request.metadata()).await?;
         Ok(Response::new(batch_stream(metadata::no_foreign_keys())))
     }
 
