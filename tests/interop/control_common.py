@@ -80,6 +80,19 @@ def start_moto(log_path):
             time.sleep(0.1)
 
 
+def wait_status(hl, ds_id, want, seconds=180):
+    """Polls DescribeFHIRDatastore until the data store's status is `want` (or time is up);
+    returns the last status seen."""
+    deadline = time.time() + seconds
+    status = None
+    while time.time() < deadline:
+        status = hl.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"]
+        if status == want:
+            return status
+        time.sleep(0.3)
+    return status
+
+
 def stop_server(proc):
     proc.terminate()
     try:

@@ -22,7 +22,8 @@ import warnings
 
 import requests
 
-from control_common import acc28_lines, check, client, error_of, finish, poll_bulk_status, sql, stop_server
+from control_common import (acc28_lines, check, client, error_of, finish, poll_bulk_status, sql, stop_server,
+                            wait_status)
 import control_common
 
 warnings.simplefilter("ignore")
@@ -37,17 +38,6 @@ def start_server(data_dir, *extra):
     return control_common.start_server(
         binary, data_dir, ["--allowed-root", str(work / "bucket"), "--preload-dir", "data/synthea3-10p", *extra],
         work / f"serve-{data_dir.name}.stderr")
-
-
-def wait_status(hl, ds_id, want, seconds=180):
-    deadline = time.time() + seconds
-    status = None
-    while time.time() < deadline:
-        status = hl.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"]
-        if status == want:
-            return status
-        time.sleep(0.3)
-    return status
 
 
 def wait_job(hl, ds_id, job_id, seconds=300):

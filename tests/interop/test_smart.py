@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import AuthorizationError, ForbiddenError
 
-from control_common import check, client, error_of, finish
+from control_common import check, client, error_of, finish, wait_status
 
 warnings.simplefilter("ignore")
 
@@ -222,17 +222,6 @@ def b64url_json(obj):
 
 def unb64url(s):
     return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
-
-
-def wait_status(hl, ds_id, want, seconds=180):
-    deadline = time.time() + seconds
-    status = None
-    while time.time() < deadline:
-        status = hl.describe_fhir_datastore(DatastoreId=ds_id)["DatastoreProperties"]["DatastoreStatus"]
-        if status == want:
-            return status
-        time.sleep(0.3)
-    return status
 
 
 class S:

@@ -31,15 +31,20 @@ pub struct Issue {
 }
 
 impl Issue {
-    /// An `error` issue with code `processing`, HealthLake's code for import failures.
-    pub fn processing(diagnostics: impl Into<String>) -> Self {
+    /// An `error` issue with FHIR IssueType `code`.
+    pub fn error(code: impl Into<String>, diagnostics: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
-            code: "processing".into(),
+            code: code.into(),
             diagnostics: diagnostics.into(),
             location: Vec::new(),
             expression: Vec::new(),
         }
+    }
+
+    /// An `error` issue with code `processing`, HealthLake's code for import failures.
+    pub fn processing(diagnostics: impl Into<String>) -> Self {
+        Self::error("processing", diagnostics)
     }
 
     /// Adds a location and the matching FHIRPath expression.

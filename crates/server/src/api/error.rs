@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 
-use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
+use fhirlake_schema::outcome::{Issue, OperationOutcome};
 use fhirlake_store::ConditionalWriteError;
 use fhirlake_store::StoreError;
 
@@ -18,13 +18,7 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &str, diagnostics: impl Into<String>) -> Self {
         Self {
             status,
-            outcome: OperationOutcome::new(vec![Issue {
-                severity: Severity::Error,
-                code: code.to_string(),
-                diagnostics: diagnostics.into(),
-                location: Vec::new(),
-                expression: Vec::new(),
-            }]),
+            outcome: OperationOutcome::new(vec![Issue::error(code, diagnostics)]),
         }
     }
 

@@ -21,7 +21,7 @@ use super::{AuthError, Caller, Principal};
 use crate::origin::HttpOrigin;
 use crate::registry::Live;
 use crate::registry::Registry;
-use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
+use fhirlake_schema::outcome::{Issue, OperationOutcome};
 
 /// What the middleware needs: the live data stores, the URLs tokens are issued for, and the
 /// server's SigV4 keys.
@@ -187,13 +187,7 @@ async fn signed(authn: &Authn, req: Request) -> Result<(Caller, Request), Box<Re
 
 /// An OperationOutcome response (the FHIR API's error format).
 fn outcome(status: StatusCode, code: &str, message: &str) -> Response {
-    let outcome = OperationOutcome::new(vec![Issue {
-        severity: Severity::Error,
-        code: code.into(),
-        diagnostics: message.into(),
-        location: Vec::new(),
-        expression: Vec::new(),
-    }]);
+    let outcome = OperationOutcome::new(vec![Issue::error(code, message)]);
     let body = serde_json::to_string(&outcome).unwrap_or_default();
     Response::builder()
         .status(status)

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::token::{Claims, TokenError};
+use super::token::{Claims, TokenError, fetch_json};
 
 /// Longest the introspection endpoint may take (HealthLake: the Lambda must answer in 1 s).
 pub const TIMEOUT: Duration = Duration::from_secs(1);
@@ -136,10 +136,6 @@ impl Introspector {
     }
 
     async fn ask(&self, token: &str) -> Result<Response, TokenError> {
-        let unreachable = |message: String| TokenError::Unreachable {
-            uri: self.endpoint.clone(),
-            message,
-        };
         let mut request = self
             .http
             .post(&self.endpoint)
@@ -152,17 +148,7 @@ impl Introspector {
         if let Some(c) = &self.credentials {
             request = request.basic_auth(&c.id, Some(&c.secret));
         }
-        let response = request
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| unreachable(e.to_string()))?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        serde_json::from_slice(&body)
-            .map_err(|e| unreachable(format!("not an introspection response: {e}")))
+        fetch_json(request, &self.endpoint, "an introspection response").await
     }
 
     fn check(&self, r: Response, audiences: &[String]) -> Result<Claims, TokenError> {

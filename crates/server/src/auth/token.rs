@@ -261,23 +261,31 @@ impl TokenVerifier {
     }
 
     async fn fetch(&self, uri: &str) -> Result<JwkSet, TokenError> {
-        let unreachable = |message: String| TokenError::Unreachable {
-            uri: uri.to_string(),
-            message,
-        };
-        let response = self
-            .http
-            .get(uri)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| unreachable(e.to_string()))?;
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
-        serde_json::from_slice(&body).map_err(|e| unreachable(format!("not a JWK Set: {e}")))
+        fetch_json(self.http.get(uri), uri, "a JWK Set").await
     }
+}
+
+/// Sends a request to the identity provider and reads its JSON answer (`what` names it in
+/// errors); any failure is the provider's, not the client's ([`TokenError::Unreachable`]).
+pub(super) async fn fetch_json<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    uri: &str,
+    what: &str,
+) -> Result<T, TokenError> {
+    let unreachable = |message: String| TokenError::Unreachable {
+        uri: uri.to_string(),
+        message,
+    };
+    let response = request
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| unreachable(e.to_string()))?;
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| unreachable(e.to_string()))?;
+    serde_json::from_slice(&body).map_err(|e| unreachable(format!("not {what}: {e}")))
 }
 
 fn digest(token: &str, audiences: &[String]) -> [u8; 32] {

@@ -33,7 +33,7 @@ use super::{ControlError, ControlPlane};
 use crate::auth::Caller;
 use crate::auth::http::{Authn, authenticate};
 use crate::export::{ExportRequest, ExportScope};
-use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
+use fhirlake_schema::outcome::{Issue, OperationOutcome};
 use fhirlake_store::{Datastore, JobKind, JobStatus};
 
 const FHIR_JSON: &str = "application/fhir+json";
@@ -87,13 +87,7 @@ fn permitted(caller: &Caller, types: Option<&[String]>) -> Result<(), Problem> {
 }
 
 fn outcome(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    let outcome = OperationOutcome::new(vec![Issue {
-        severity: Severity::Error,
-        code: code.into(),
-        diagnostics: message.into(),
-        location: Vec::new(),
-        expression: Vec::new(),
-    }]);
+    let outcome = OperationOutcome::new(vec![Issue::error(code, message)]);
     json_response(status, &serde_json::to_value(outcome).unwrap_or_default())
 }
 
