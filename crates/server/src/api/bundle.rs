@@ -466,8 +466,7 @@ async fn authorize_write(ctx: &Ctx, write: &mut ConditionalWrite) -> Result<(), 
         ix::guard_existing(ctx, &grant, &r.resource_type, &r.id, write.expected_version).await?;
     if action != Action::Create {
         write.expected_version =
-            crate::audit::immutable::guard(ctx, &r.resource_type, &r.id, write.expected_version)
-                .await?;
+            super::immutable::guard(ctx, &r.resource_type, &r.id, write.expected_version).await?;
     }
     Ok(())
 }

@@ -364,7 +364,7 @@ pub async fn update(
     let new = prepare_update(resource_type, id, body)?;
     check_in_grant(&grant, resource_type, new.json.as_deref())?;
     let expected = guard_existing(ctx, &grant, resource_type, id, if_match).await?;
-    let expected = crate::audit::immutable::guard(ctx, resource_type, id, expected).await?;
+    let expected = super::immutable::guard(ctx, resource_type, id, expected).await?;
     let applied = ctx
         .store()
         .put_if_version(&ctx.ds.id, new, expected)
@@ -410,7 +410,7 @@ pub async fn delete(
     let grant = ctx.grant(resource_type, Action::Delete)?;
     check_id(id).map_err(ApiError::validation)?;
     let expected = guard_existing(ctx, &grant, resource_type, id, if_match).await?;
-    let expected = crate::audit::immutable::guard(ctx, resource_type, id, expected).await?;
+    let expected = super::immutable::guard(ctx, resource_type, id, expected).await?;
     let deletion = NewResource {
         resource_type: resource_type.to_string(),
         id: id.to_string(),
@@ -460,7 +460,7 @@ pub async fn conditional_update(
             (prepare_update(resource_type, &id, body)?, Some(expected))
         }
         (1, body_id) => {
-            crate::audit::immutable::refuse_replacing(resource_type)?;
+            super::immutable::refuse_replacing(resource_type)?;
             let current = matches.remove(0);
             if let Some(id) = body_id.filter(|id| *id != current.id) {
                 return Err(ApiError::conflict(format!(

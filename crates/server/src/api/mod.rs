@@ -12,6 +12,7 @@ pub mod context;
 mod detach;
 pub mod error;
 pub mod format;
+mod immutable;
 pub mod interactions;
 pub mod json;
 pub mod lake_status;
@@ -98,7 +99,7 @@ struct StateInner {
     config: ApiConfig,
     origin: HttpOrigin,
     /// Per-operation metrics and quota buckets (see [`crate::limits`]).
-    limits: crate::limits::Limits,
+    limits: Arc<crate::limits::Limits>,
 }
 
 impl ApiState {
@@ -106,7 +107,7 @@ impl ApiState {
         Self {
             inner: Arc::new(StateInner {
                 registry,
-                limits: crate::limits::Limits::new(config.quotas.clone()),
+                limits: Arc::new(crate::limits::Limits::new(config.quotas.clone())),
                 config,
                 origin,
             }),
@@ -252,7 +253,10 @@ impl Server {
             .into_iter()
             .fold(router(self.state), |app, extra| app.merge(extra))
             .layer(axum::middleware::from_fn_with_state(
-                state.clone(),
+                crate::limits::Tracker {
+                    limits: state.inner.limits.clone(),
+                    registry: state.registry().clone(),
+                },
                 crate::limits::track,
             ))
             // Inside the detach layer, so a write whose client left is recorded with its status.

@@ -11,7 +11,6 @@
 //! [`table`] makes them a SQL table (`fhirlake_audit.log`).
 
 pub mod http;
-pub mod immutable;
 pub mod table;
 pub mod verify;
 pub mod writer;
@@ -22,7 +21,6 @@ use sha2::{Digest, Sha256};
 pub use verify::{Problem, VerifyError, tail, verify};
 pub use writer::{AuditLog, WriterConfig};
 
-use crate::registry::Registry;
 use fhirlake_store::{Job, JobKind, JobStatus};
 
 /// `prev_hash` of the very first record.
@@ -159,24 +157,24 @@ pub fn sha256_hex(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Appends `record` to the registry's audit log, if the process keeps one (servers do; CLI
-/// commands do not, so they never write a second chain into a served installation).
-pub async fn record(registry: &Registry, record: AuditRecord) {
-    if let Some(log) = registry.audit() {
+/// Appends `record` to the process's audit log, if it keeps one (`Registry::audit`: servers
+/// do; CLI commands do not, so they never write a second chain into a served installation).
+pub async fn record(log: Option<AuditLog>, record: AuditRecord) {
+    if let Some(log) = log {
         log.append(record).await;
     }
 }
 
 /// Records a job's start or end (`ImportJobSubmitted`, `ExportJobCompleted`, ...): the work
 /// happens after the API call that started it returned, so its end needs a record of its own.
-pub async fn record_job(registry: &Registry, job: &Job) {
+pub async fn record_job(log: Option<AuditLog>, job: &Job) {
     let mut entry = AuditRecord::new(job_operation(job.kind, job.status), "system");
     entry.datastore_id = Some(job.datastore_id.clone());
     entry.job_id = Some(job.job_id.clone());
     if matches!(job.status, JobStatus::Failed | JobStatus::CancelFailed) {
         entry.outcome = Outcome::ServerError;
     }
-    record(registry, entry).await;
+    record(log, entry).await;
 }
 
 /// `ImportJobCompletedWithErrors` for an import that is COMPLETED_WITH_ERRORS.

@@ -13,8 +13,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::registry::Live;
-use fhirlake_search::query;
+use fhirlake_lake::background::SyncHandle;
+use fhirlake_search::{Searcher, query};
 
 /// How long a user's patients are reused before they are looked up again.
 const REMEMBER: Duration = Duration::from_secs(30);
@@ -34,11 +34,15 @@ pub struct CareTeams {
 
 impl CareTeams {
     /// The patients `fhir_user` (`Practitioner/1`, or an absolute URL ending so) reaches.
-    pub async fn patients_of(&self, live: &Live, fhir_user: &str) -> Result<Patients, String> {
+    pub async fn patients_of(
+        &self,
+        (searcher, sync): (&Searcher, &SyncHandle),
+        fhir_user: &str,
+    ) -> Result<Patients, String> {
         if let Some(found) = self.recall(fhir_user) {
             return Ok(found);
         }
-        let found = Arc::new(look_up(live, fhir_user).await?);
+        let found = Arc::new(look_up(searcher, sync, fhir_user).await?);
         let mut remembered = self.remembered.lock().unwrap_or_else(|e| e.into_inner());
         if remembered.len() >= REMEMBERED_MAX {
             remembered.clear();
@@ -62,7 +66,11 @@ pub fn reference_parts(fhir_user: &str) -> Option<(&str, &str)> {
     (!id.is_empty() && !ty.is_empty()).then_some((ty, id))
 }
 
-async fn look_up(live: &Live, fhir_user: &str) -> Result<BTreeSet<String>, String> {
+async fn look_up(
+    searcher: &Searcher,
+    sync: &SyncHandle,
+    fhir_user: &str,
+) -> Result<BTreeSet<String>, String> {
     let Some((ty, id)) = reference_parts(fhir_user) else {
         return Ok(BTreeSet::new());
     };
@@ -77,11 +85,10 @@ async fn look_up(live: &Live, fhir_user: &str) -> Result<BTreeSet<String>, Strin
         "RelatedPerson" => "link",
         _ => return Ok(out),
     };
-    live.sync.catch_up().await.map_err(|e| e.to_string())?;
+    sync.catch_up().await.map_err(|e| e.to_string())?;
     let params = [(param.to_string(), reference)];
     let req = query::parse("Patient", &params, false).map_err(|e| e.message)?;
-    let matches = live
-        .searcher
+    let matches = searcher
         .matching_ids("Patient", &req.filters, MAX_PATIENTS)
         .await
         .map_err(|e| e.to_string())?;

@@ -140,7 +140,11 @@ pub async fn principal(
     if principal.fine_grained
         && let Some(user) = &principal.fhir_user
     {
-        let patients = live.auth.care_teams.patients_of(live, user).await;
+        let patients = live
+            .auth
+            .care_teams
+            .patients_of((&live.searcher, &live.sync), user)
+            .await;
         principal.care_of = Some(patients.map_err(AuthError::Unresolved)?);
     }
     Ok(Arc::new(principal))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::token::{Claims, TokenError, fetch_json};
+use super::claims::{Claims, TokenError, fetch_json};
 
 /// Longest the introspection endpoint may take (HealthLake: the Lambda must answer in 1 s).
 pub const TIMEOUT: Duration = Duration::from_secs(1);

@@ -9,6 +9,7 @@
 //! under fine-grained authorization, [`fine_grained`]); the interactions and the search
 //! engine enforce the latter on every resource they read or write.
 
+pub mod claims;
 pub mod config;
 pub mod fine_grained;
 pub mod http;
@@ -20,10 +21,11 @@ pub mod token;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use claims::TokenError;
 use config::{ConfigError, IdentityProviderConfiguration, SmartMetadata};
 use introspect::{ClientCredentials, Introspector};
 use scopes::{Action, Level, ScopeSet};
-use token::{TokenError, TokenVerifier};
+use token::TokenVerifier;
 
 /// Who is calling, as the data store's authorization strategy established it.
 #[derive(Debug, Clone)]

@@ -84,7 +84,7 @@ impl ControlPlane {
         }
         let cancel = Arc::new(AtomicBool::new(false));
         self.register_cancel(&job.job_id, cancel.clone());
-        crate::audit::record_job(self.registry(), &job).await;
+        crate::audit::record_job(self.registry().audit(), &job).await;
         let this = self.clone();
         let (ds, running) = (ds.clone(), job.clone());
         tokio::spawn(async move { this.run_export(running, ds, request, output, cancel).await });
@@ -175,7 +175,7 @@ impl ControlPlane {
         if let Err(e) = store.update_job(&job).await {
             tracing::error!(job = %job.job_id, "cannot record the end of an export: {e}");
         }
-        crate::audit::record_job(self.registry(), &job).await;
+        crate::audit::record_job(self.registry().audit(), &job).await;
     }
 
     /// Asks a running export to stop. Errors if the job is unknown or already finished.

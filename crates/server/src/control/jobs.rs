@@ -203,7 +203,7 @@ impl ControlPlane {
             )));
         }
         let response = summary(&job);
-        crate::audit::record_job(self.registry(), &job).await;
+        crate::audit::record_job(self.registry().audit(), &job).await;
         let this = self.clone();
         tokio::spawn(async move { this.run_import(job, ds, input, output).await });
         Ok(response)
@@ -235,7 +235,7 @@ impl ControlPlane {
         if let Err(e) = self.installation().store.update_job(&job).await {
             tracing::error!(job = %job.job_id, "cannot record the end of a job: {e}");
         }
-        crate::audit::record_job(self.registry(), &job).await;
+        crate::audit::record_job(self.registry().audit(), &job).await;
     }
 
     /// Runs an import job to its end status, or the message it failed with.

@@ -45,5 +45,5 @@ pub(super) async fn finish(registry: &Registry, mut entry: AuditRecord, error: O
         }
         Some(_) => Outcome::ClientError,
     };
-    audit::record(registry, entry).await;
+    audit::record(registry.audit(), entry).await;
 }

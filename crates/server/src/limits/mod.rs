@@ -19,12 +19,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::api::ApiState;
-use crate::api::error::ApiError;
-use crate::api::format::{Format, render};
 use crate::control::ControlError;
 use crate::operation_name::{control_operation, fhir_operation};
 use crate::registry::Registry;
+use fhirlake_schema::outcome::{Issue, OperationOutcome};
 use metrics::{OpMetrics, Outcome, Series};
 pub use quota::{Quota, Quotas, TokenBucket};
 
@@ -123,9 +121,16 @@ enum Plane {
     Control,
 }
 
+/// What the middleware needs: the server's counters and the live data stores.
+#[derive(Clone)]
+pub struct Tracker {
+    pub limits: Arc<Limits>,
+    pub registry: Registry,
+}
+
 /// Middleware (layered in [`crate::api::Server::run`]): throttles and counts every request
 /// that names a known operation; anything else passes untouched.
-pub async fn track(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+pub async fn track(State(state): State<Tracker>, request: Request, next: Next) -> Response {
     let start = Instant::now();
     let (method, path) = (request.method(), request.uri().path());
     let named = match fhir_operation(method, path) {
@@ -137,7 +142,7 @@ pub async fn track(State(state): State<ApiState>, request: Request, next: Next) 
     let Some((datastore, operation, plane)) = named else {
         return next.run(request).await;
     };
-    let entry = state.limits().entry(state.registry(), datastore, operation);
+    let entry = state.limits.entry(&state.registry, datastore, operation);
     if let Some(Err(wait)) = entry.bucket.as_ref().map(TokenBucket::try_take) {
         entry.metrics.record(Outcome::Throttled, start.elapsed());
         return throttled(plane, operation, wait);
@@ -172,15 +177,14 @@ fn throttled(plane: Plane, operation: &str, wait: Duration) -> Response {
          (see fhirlake serve --quota)"
     );
     let mut response = match plane {
-        Plane::Fhir => render(
-            Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "throttled",
-                message,
-            )),
-            Format::default(),
-            "",
-        ),
+        Plane::Fhir => {
+            let outcome = OperationOutcome::new(vec![Issue::error("throttled", message)]);
+            Response::builder()
+                .status(StatusCode::TOO_MANY_REQUESTS)
+                .header(header::CONTENT_TYPE, "application/fhir+json")
+                .body(serde_json::to_string(&outcome).unwrap_or_default().into())
+                .expect("static response parts")
+        }
         Plane::Control => crate::control::wire::error_reply(&ControlError::Throttling(message)),
     };
     response

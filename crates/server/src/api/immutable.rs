@@ -1,12 +1,12 @@
 //! AuditEvent resources are records of what happened: the FHIR API creates them but never
 //! replaces or deletes one (the reference guide's REST restrictions), like the server's own
-//! audit log. The interactions (`api/interactions.rs`, Bundle entries in `api/bundle.rs`) ask
-//! here before a PUT or DELETE.
+//! audit log. The interactions (`interactions.rs`, Bundle entries in `bundle.rs`) ask here
+//! before a PUT or DELETE.
 
 use axum::http::StatusCode;
 
-use crate::api::ApiError;
-use crate::api::context::Ctx;
+use super::ApiError;
+use super::context::Ctx;
 
 /// The one resource type that is immutable once written.
 const IMMUTABLE: &str = "AuditEvent";
