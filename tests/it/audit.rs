@@ -7,17 +7,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::api::TestServer;
-
-fn run_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
-}
+use crate::common::run_cli;
 
 /// The calls of the session, answered as expected.
 async fn scripted_session(server: &TestServer) -> String {

@@ -85,3 +85,15 @@ pub async fn scan_ids(
     out.sort();
     out
 }
+
+/// Runs the `fhirlake` binary on the data directory `dir`: (success, stdout, stderr).
+pub fn run_cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}

@@ -8,6 +8,8 @@ use fhirlake::control::{ControlConfig, ControlPlane};
 use fhirlake::installation::Installation;
 use serde_json::{Value, json};
 
+use crate::common::run_cli;
+
 struct Control {
     root: String,
     http: reqwest::Client,
@@ -441,18 +443,6 @@ async fn unsigned_requests_are_refused_off_loopback_without_keys() {
     assert_eq!((status, kind.as_str()), (400, "AccessDeniedException"));
     assert!(message.contains("--aws-access-key-id"), "{message}");
     c.stop().await;
-}
-
-/// Runs the `fhirlake` binary on the data directory `dir`: (success, stdout, stderr).
-fn run_cli(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fhirlake"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
 }
 
 /// `fhirlake datastore ...`: the same operations in-process, printing the response body.

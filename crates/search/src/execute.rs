@@ -276,11 +276,11 @@ impl Searcher {
         let confined;
         let req = match &req.patients {
             None => req,
-            Some(patients) => {
-                let mut r = req.clone();
-                r.filters =
-                    PatientCompartment::global().confine(req.resource_type, &req.filters, patients);
-                confined = r;
+            Some(_) => {
+                confined = SearchRequest {
+                    filters: confined_filters(req),
+                    ..req.clone()
+                };
                 &confined
             }
         };
@@ -629,6 +629,15 @@ impl Searcher {
             .matching_ids(inc.source, &[filter], MAX_INCLUDES)
             .await?;
         self.load(inc.source, &found).await
+    }
+}
+
+/// The filters of `req` with its patient confinement applied ([`PatientCompartment::confine`]):
+/// what every search and every conditional match must evaluate.
+pub fn confined_filters(req: &SearchRequest) -> Vec<Filter> {
+    match &req.patients {
+        None => req.filters.clone(),
+        Some(p) => PatientCompartment::global().confine(req.resource_type, &req.filters, p),
     }
 }
 

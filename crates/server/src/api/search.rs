@@ -12,7 +12,6 @@ use super::context::Ctx;
 use super::error::ApiError;
 use super::format::{Body, Reply};
 use fhirlake_schema::outcome::{Issue, OperationOutcome, Severity};
-use fhirlake_search::compartment::PatientCompartment;
 use fhirlake_search::query::{self, CURSOR_PARAM, SearchRequest, Summary};
 use fhirlake_search::{Catalog, ExecError, SearchError};
 use fhirlake_store::reads::StoredVersion;
@@ -241,10 +240,7 @@ pub async fn conditional_matches(
     }
     catch_up(ctx).await?;
     let s = &ctx.live.searcher;
-    let filters = match &req.patients {
-        Some(p) => PatientCompartment::global().confine(resource_type, &req.filters, p),
-        None => req.filters.clone(),
-    };
+    let filters = fhirlake_search::execute::confined_filters(&req);
     let keys = s.matching_ids(resource_type, &filters, limit).await?;
     Ok(s.load(resource_type, &keys).await?)
 }
