@@ -93,6 +93,10 @@ impl TokenVerifier {
         {
             return introspector.introspect(token, audiences, digest).await;
         }
+        // Say what is missing on the server's side before judging the token itself.
+        if self.jwks_uri.is_none() {
+            return Err(TokenError::NoKeys);
+        }
         if let Some(claims) = self.remembered(&digest) {
             return Ok(claims);
         }
